@@ -1,0 +1,1 @@
+"""Conversion routes behind one Converter protocol, keyed by (source, target)."""

@@ -1,0 +1,139 @@
+"""The datamodel every converter speaks: routes, options, requests and results.
+
+Nothing here imports a conversion library. The main process uses this module to
+know the routes and their lanes; only worker processes import the libraries.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AccelerationInfo",
+    "ConversionRequest",
+    "ConversionResult",
+    "ConvertOptions",
+    "Converter",
+    "Lane",
+    "Limits",
+    "Route",
+    "WorkerContext",
+]
+
+Format = Literal["pdf", "md", "docx", "pptx", "xlsx", "html"]
+Target = Literal["md", "pdf", "docx"]
+
+
+class Lane(enum.StrEnum):
+    """Which pool of workers runs a route."""
+
+    GPU = "gpu"
+    CPU = "cpu"
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    source: str
+    target: str
+
+    def __str__(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+class Limits(BaseModel):
+    """Hard limits applied inside converters. Exceeding one fails the job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_input_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_pages: int = Field(default=2000, gt=0)
+    max_pixels: int = Field(default=178_956_970, gt=0)  # Pillow's own bomb threshold
+    max_data_url_bytes: int = Field(default=2 * 1024 * 1024, ge=0)
+    max_unzipped_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+
+
+class ConvertOptions(BaseModel):
+    """Per-job conversion options: profile defaults, overridden per inbox folder."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ocr: Literal["off", "auto", "force"] = "auto"
+    table_mode: Literal["fast", "accurate"] = "fast"
+    normalize_markdown: bool = True
+    stylesheet: Path | None = None
+    reference_docx: Path | None = None
+    auto_ocr_min_chars_per_page: int = Field(default=32, ge=0)
+
+
+class AccelerationInfo(BaseModel):
+    """What really ran a job."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    policy: Literal["required", "preferred", "cpu"]
+    device: Literal["cpu", "cuda"] | None = None
+    runtime_kind: Literal["cuda", "rocm", "none"] | None = None
+    device_name: str | None = None
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    """What a worker knows when it builds and warms its converters."""
+
+    gpu_policy: Literal["required", "preferred", "cpu"]
+    models_dir: Path | None
+    limits: Limits
+    device: Literal["cpu", "cuda"]
+    runtime_kind: Literal["cuda", "rocm", "none"]
+    device_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    input_path: Path
+    output_path: Path
+    options: ConvertOptions
+    # The folder the document was dropped in. Relative references (images,
+    # stylesheets) resolve here, and nothing outside it may be read on behalf
+    # of the document.
+    allowed_root: Path
+
+
+@dataclass
+class ConversionResult:
+    warnings: list[str] = field(default_factory=list)
+    pages: int | None = None
+    device: Literal["cpu", "cuda"] | None = None
+
+
+@runtime_checkable
+class Converter(Protocol):
+    """One route. Implementations import their library lazily, in the worker."""
+
+    @property
+    def route(self) -> Route: ...
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lane(self) -> Lane: ...
+
+    def versions(self) -> dict[str, str]:
+        """Versions of the libraries and tools used, for the sidecar."""
+        ...
+
+    def problems(self, ctx: WorkerContext) -> list[str]:
+        """Why this route cannot run here (empty when it can)."""
+        ...
+
+    def warm(self, ctx: WorkerContext) -> None:
+        """Build and cache whatever is expensive, once per worker."""
+        ...
+
+    def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult: ...

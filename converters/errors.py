@@ -1,0 +1,178 @@
+"""The error catalogue: every failure is a type with a stable code.
+
+The code flows unchanged into the error sidecar (``error.code``), into the
+``code`` label of ``sir_convert_a_lot_jobs_total`` and, for the CLI, into the
+process exit code. Codes are part of the public interface: never rename one.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+__all__ = [
+    "ConfigError",
+    "ConversionError",
+    "ConverterFailed",
+    "CorruptInput",
+    "CrashLoop",
+    "DataRootOverlap",
+    "DependencyMissing",
+    "EncryptedInput",
+    "GpuUnavailable",
+    "InputTooLarge",
+    "ModelsMissing",
+    "NotRegularFile",
+    "OptionsInvalid",
+    "SirError",
+    "Timeout",
+    "TooManyPages",
+    "UnsupportedContent",
+    "UnsupportedRoute",
+    "WorkerCrashed",
+    "error_for_code",
+    "known_codes",
+]
+
+# sysexits.h values, so that shells and systemd can tell failures apart.
+EX_DATAERR = 65
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+EX_TEMPFAIL = 75
+EX_CONFIG = 78
+
+
+class SirError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code: ClassVar[str] = "internal_error"
+    exit_code: ClassVar[int] = EX_SOFTWARE
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, object] = details
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class ConfigError(SirError):
+    code = "config_invalid"
+    exit_code = EX_CONFIG
+
+
+class DataRootOverlap(ConfigError):
+    code = "data_root_overlap"
+
+
+class ConversionError(SirError):
+    """A job failed; the input goes to ``failed/`` with this code."""
+
+    code = "conversion_failed"
+
+
+class UnsupportedRoute(ConversionError):
+    code = "unsupported_route"
+    exit_code = EX_DATAERR
+
+
+class UnsupportedContent(ConversionError):
+    code = "unsupported_content"
+    exit_code = EX_DATAERR
+
+
+class CorruptInput(ConversionError):
+    code = "corrupt_input"
+    exit_code = EX_DATAERR
+
+
+class EncryptedInput(ConversionError):
+    code = "encrypted_input"
+    exit_code = EX_DATAERR
+
+
+class InputTooLarge(ConversionError):
+    code = "input_too_large"
+    exit_code = EX_DATAERR
+
+
+class TooManyPages(ConversionError):
+    code = "too_many_pages"
+    exit_code = EX_DATAERR
+
+
+class NotRegularFile(ConversionError):
+    code = "not_regular_file"
+    exit_code = EX_DATAERR
+
+
+class OptionsInvalid(ConversionError):
+    code = "options_invalid"
+    exit_code = EX_DATAERR
+    retryable = True  # fixing the options file and retrying helps
+
+
+class ModelsMissing(ConversionError):
+    code = "models_missing"
+    exit_code = EX_UNAVAILABLE
+    retryable = True
+
+
+class GpuUnavailable(ConversionError):
+    code = "gpu_unavailable"
+    exit_code = EX_UNAVAILABLE
+    retryable = True
+
+
+class DependencyMissing(ConversionError):
+    code = "dependency_missing"
+    exit_code = EX_UNAVAILABLE
+    retryable = True
+
+
+class Timeout(ConversionError):
+    code = "timeout"
+    exit_code = EX_TEMPFAIL
+
+
+class WorkerCrashed(ConversionError):
+    code = "worker_crashed"
+    exit_code = EX_TEMPFAIL
+    retryable = True
+
+
+class CrashLoop(ConversionError):
+    """The daemon died this many times while the job was in flight."""
+
+    code = "crash_loop"
+    exit_code = EX_TEMPFAIL
+
+
+class ConverterFailed(ConversionError):
+    code = "converter_failed"
+    exit_code = EX_SOFTWARE
+
+
+def _all_subclasses(cls: type[SirError]) -> list[type[SirError]]:
+    found: list[type[SirError]] = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_all_subclasses(sub))
+    return found
+
+
+def known_codes() -> dict[str, type[SirError]]:
+    """Every stable code, mapped to its type. Codes are unique by construction."""
+    table: dict[str, type[SirError]] = {SirError.code: SirError}
+    for cls in _all_subclasses(SirError):
+        if cls.code in table and table[cls.code] is not cls:
+            raise RuntimeError(f"duplicate error code {cls.code!r}")
+        table[cls.code] = cls
+    return table
+
+
+def error_for_code(code: str, message: str) -> SirError:
+    """Rebuild a typed error from its code, e.g. one reported by a worker process."""
+    cls = known_codes().get(code, ConverterFailed)
+    return cls(message)

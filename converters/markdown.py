@@ -1,0 +1,62 @@
+"""Markdown normalisation: the same bytes for the same document, whatever wrote it.
+
+Rules, applied outside fenced code blocks:
+
+* CRLF and lone CR become LF (inside fences too: line endings are not content);
+* trailing whitespace is stripped from every line;
+* runs of blank lines collapse to a single blank line;
+* leading blank lines are dropped and the text ends with exactly one newline
+  (a document with no content at all becomes the empty string).
+
+Inside a fenced code block (```` ``` ```` or ``~~~``, CommonMark rules for
+matching the closing fence) every line is kept verbatim.
+"""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["normalize_markdown"]
+
+_FENCE_OPEN = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+
+
+def _closes(line: str, fence: str) -> bool:
+    stripped = line.strip()
+    return len(stripped) >= len(fence) and set(stripped) == {fence[0]}
+
+
+def _opens(line: str) -> str | None:
+    match = _FENCE_OPEN.match(line)
+    if match is None:
+        return None
+    fence = match.group("fence")
+    # A backtick fence's info string may not contain backticks (```x``` is inline code).
+    if fence[0] == "`" and "`" in match.group("info"):
+        return None
+    return fence
+
+
+def normalize_markdown(text: str) -> str:
+    """Normalise line endings, trailing whitespace and blank lines; see the module doc."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    out: list[str] = []
+    fence: str | None = None
+    blank_pending = False
+    for raw in lines:
+        if fence is not None:
+            out.append(raw)
+            if _closes(raw, fence):
+                fence = None
+            continue
+        line = raw.rstrip()
+        if not line:
+            blank_pending = bool(out)  # drop leading blank lines
+            continue
+        if blank_pending:
+            out.append("")
+            blank_pending = False
+        out.append(line)
+        fence = _opens(line)
+    body = "\n".join(out).rstrip("\n")
+    return body + "\n" if body else ""

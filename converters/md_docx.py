@@ -1,0 +1,49 @@
+"""md → docx with pandoc."""
+
+from __future__ import annotations
+
+from converters._pandoc import pandoc_version, run_pandoc
+from converters.base import (
+    ConversionRequest,
+    ConversionResult,
+    Lane,
+    Route,
+    WorkerContext,
+)
+from converters.errors import SirError
+from converters.text import read_text_input
+
+__all__ = ["MarkdownToDocx", "pandoc_to_docx"]
+
+
+def pandoc_to_docx(request: ConversionRequest, reader: str) -> ConversionResult:
+    """Shared by md→docx and html→docx: pandoc's docx writer, optional reference doc."""
+    read_text_input(request.input_path)  # refuses invalid UTF-8 with a clear code
+    args = ["-f", reader, "-t", "docx", "-o", str(request.output_path)]
+    if request.options.reference_docx is not None:
+        args.append(f"--reference-doc={request.options.reference_docx}")
+    args.append(str(request.input_path))
+    run_pandoc(args, cwd=request.input_path.parent)
+    return ConversionResult(device="cpu")
+
+
+class MarkdownToDocx:
+    route = Route("md", "docx")
+    name = "pandoc"
+    lane = Lane.CPU
+
+    def versions(self) -> dict[str, str]:
+        return {"pandoc": pandoc_version()}
+
+    def problems(self, ctx: WorkerContext) -> list[str]:
+        try:
+            pandoc_version()
+        except (SirError, OSError) as exc:
+            return [f"pandoc unavailable: {exc}"]
+        return []
+
+    def warm(self, ctx: WorkerContext) -> None:
+        pandoc_version()
+
+    def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
+        return pandoc_to_docx(request, "markdown")

@@ -1,0 +1,1 @@
+"""Sir Convert-a-Lot: the hot-folder daemon (lifecycle of a dropped file)."""

@@ -1,0 +1,267 @@
+"""The ``sir-convert-a-lot`` command line. Errors exit with their type's code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import json
+import sys
+import urllib.request
+from pathlib import Path
+
+from converters.errors import ConfigError, SirError
+from daemon.config import ProfileSettings, Settings, check_data_roots, load_settings
+from daemon.logs import configure_logging
+from daemon.revision import code_dirs
+
+__all__ = ["main"]
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, ProfileSettings]:
+    settings, profile = load_settings(config_path=args.config, profile=args.profile)
+    check_data_roots(settings, code_dirs=code_dirs())
+    return settings, profile
+
+
+def _check_bind(profile: ProfileSettings) -> None:
+    try:
+        loopback = ipaddress.ip_address(profile.http_host).is_loopback
+    except ValueError:
+        loopback = profile.http_host == "localhost"
+    if not loopback and not profile.allow_non_loopback:
+        raise ConfigError(
+            f"http_host {profile.http_host} is not a loopback address; set "
+            "allow_non_loopback = true in the profile to listen there on purpose"
+        )
+
+
+# -- run -----------------------------------------------------------------------------
+
+
+async def _serve(settings: Settings, profile: ProfileSettings) -> None:
+    from aiohttp import web
+
+    from daemon.http import make_app
+    from daemon.readiness import PROFILE_MARKER
+    from daemon.service import Service
+
+    service = Service(settings, profile)
+    await service.start()
+    marker = service.root.state / PROFILE_MARKER
+    if not marker.exists():
+        marker.write_text(profile.name + "\n", encoding="utf-8")
+    runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, profile.http_host, profile.http_port)
+    await site.start()
+    try:
+        await service.run_forever()
+    finally:
+        await runner.cleanup()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings, profile = _load(args)
+    _check_bind(profile)
+    configure_logging(profile.log_level)
+    asyncio.run(_serve(settings, profile))
+    return 0
+
+
+# -- check ---------------------------------------------------------------------------
+
+
+async def _check(settings: Settings, profile: ProfileSettings, timeout: float) -> int:
+    from daemon.readiness import Readiness
+    from daemon.service import Service
+
+    service = Service(settings, profile)
+    service.root.create()
+    service.last_rescan = float("inf")  # the watcher is not started in a check
+    for pool in service.pools.values():
+        await pool.start()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not all(p.warm for p in service.pools.values()) and loop.time() < deadline:
+        await asyncio.sleep(0.2)
+    readiness = Readiness(service)
+    _, results = readiness.evaluate(force=True)
+    results = [r for r in results if r.name != "watcher"]
+    for pool in service.pools.values():
+        await pool.close()
+    for r in results:
+        print(
+            f"{'ok  ' if r.ok else 'FAIL'} {r.name:<20} {'' if r.ok else r.code + ': '}{r.message}"
+        )
+    return 0 if all(r.ok for r in results) else 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    settings, profile = _load(args)
+    _check_bind(profile)
+    configure_logging("warning")
+    return asyncio.run(_check(settings, profile, args.timeout))
+
+
+# -- init, retry, status ---------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from daemon.layout import DataRoot
+    from daemon.readiness import PROFILE_MARKER
+
+    _, profile = _load(args)
+    root = DataRoot(profile.data_root)
+    root.create()
+    marker = root.state / PROFILE_MARKER
+    if marker.exists() and marker.read_text(encoding="utf-8").strip() != profile.name:
+        raise ConfigError(f"{root.root} already belongs to profile {marker.read_text().strip()!r}")
+    marker.write_text(profile.name + "\n", encoding="utf-8")
+    for folder in root.folders():
+        print(folder)
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from daemon.retry import retry_failed
+
+    _, profile = _load(args)
+    moved = retry_failed(profile, [Path(p) for p in args.paths])
+    for src, dst in moved:
+        print(f"{src} -> {dst}")
+    print(f"{len(moved)} file(s) moved back into the inbox", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    _, profile = _load(args)
+    url = f"http://{profile.http_host}:{profile.http_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            data = json.loads(resp.read())
+    except OSError as exc:
+        print(f"cannot reach {url}: {exc}", file=sys.stderr)
+        return 69
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(
+        f"profile {data['profile']}  revision {data['revision'][:12]}  "
+        f"up {data['uptime_seconds']:.0f} s  pending in inbox {data['pending_in_inbox']}"
+    )
+    for lane, info in data["lanes"].items():
+        print(
+            f"lane {lane:<4} workers {info['workers']} warm {info['warm']} "
+            f"queued {info['queue_depth']} outstanding {info['outstanding']}"
+        )
+    for job in data["in_flight"]:
+        print(
+            f"  running {job['running_seconds']:>8.1f} s  {job['lane']}  pid {job['worker_pid']}"
+            f"  {job['file']}"
+        )
+    for job in data["queue"]:
+        print(f"  queued  {job['file']}")
+    for fail in data["recent_failures"][:10]:
+        print(f"  failed  {fail['at'][:19]}  {fail['code']:<20} {fail['relative_path']}")
+    return 0
+
+
+# -- convert, models, schema ---------------------------------------------------------------
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from daemon.oneshot import convert_files
+
+    _, profile = load_settings(config_path=args.config, profile=args.profile or "eval")
+    if args.gpu_policy:
+        profile = profile.model_copy(update={"gpu_policy": args.gpu_policy})
+    configure_logging("warning")
+    return convert_files([Path(f) for f in args.files], args.to, Path(args.output_dir), profile)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from converters.models import check_models, fetch_models
+
+    _, profile = load_settings(config_path=args.config, profile=args.profile or "eval")
+    models_dir = Path(args.models_dir) if args.models_dir else profile.models_dir
+    if models_dir is None:
+        raise ConfigError("no models folder: pass --models-dir or set SIR_CONVERT_A_LOT_MODELS_DIR")
+    report = fetch_models(models_dir) if args.action == "fetch" else check_models(models_dir)
+    for line in report.lines():
+        print(line)
+    return 0 if report.ready else 69
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from daemon.sidecar import Sidecar
+
+    print(json.dumps(Sidecar.model_json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sir-convert-a-lot",
+        description="Hot-folder document conversion daemon.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, profile_required: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=None,
+            help="TOML config file (default: $SIR_CONVERT_A_LOT_CONFIG or built-in)",
+        )
+        p.add_argument(
+            "--profile",
+            required=False,
+            default=None,
+            help="profile name (or $SIR_CONVERT_A_LOT_PROFILE)"
+            + ("" if profile_required else "; default eval"),
+        )
+        return p
+
+    add("run", "Run the daemon for one profile in the foreground.").set_defaults(func=cmd_run)
+    p = add("check", "Validate configuration and readiness once; exit 0 only if it could serve.")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for warm workers")
+    p.set_defaults(func=cmd_check)
+    add("init", "Create the data-root layout of a profile.").set_defaults(func=cmd_init)
+    p = add("convert", "Convert files once, without a watcher.", profile_required=False)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--to", required=True, choices=["md", "pdf", "docx"])
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--gpu-policy", choices=["required", "preferred", "cpu"], default=None)
+    p.set_defaults(func=cmd_convert)
+    p = add("retry", "Move failed inputs back into the inbox.")
+    p.add_argument("paths", nargs="*", metavar="PATH", help="files under failed/ (default: all)")
+    p.set_defaults(func=cmd_retry)
+    p = add("status", "Show the queue, in-flight jobs and recent failures of a running daemon.")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = add(
+        "models",
+        "Provision (fetch) or inspect (check) docling's model artifacts.",
+        profile_required=False,
+    )
+    p.add_argument("action", choices=["fetch", "check"])
+    p.add_argument("--models-dir", default=None)
+    p.set_defaults(func=cmd_models)
+    add("schema", "Print the sidecar JSON Schema.", profile_required=False).set_defaults(
+        func=cmd_schema
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except SirError as exc:
+        print(f"sir-convert-a-lot: {exc.code}: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return result

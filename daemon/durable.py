@@ -1,0 +1,114 @@
+"""Durable filesystem steps: fsync'd writes and atomic, crash-safe renames.
+
+Every visible change in the data root is one ``rename(2)`` of a file that was
+fsync'd first, followed by an fsync of the directories involved, so a crash or
+power loss leaves either the old state or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+__all__ = [
+    "atomic_write",
+    "durable_move",
+    "fsync_dir",
+    "fsync_file",
+    "unique_name",
+]
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_parents(path: Path, stop: Path | None) -> None:
+    """mkdir -p, fsync'ing each parent that had to be created."""
+    missing: list[Path] = []
+    parent = path.parent
+    while not parent.exists():
+        missing.append(parent)
+        if stop is not None and parent == stop:
+            break
+        parent = parent.parent
+    for folder in reversed(missing):
+        folder.mkdir(exist_ok=True)
+        fsync_dir(folder.parent)
+
+
+def atomic_write(target: Path, data: bytes, *, tmp_dir: Path) -> None:
+    """Write ``data`` to ``target`` via an fsync'd temporary file and a rename.
+
+    ``tmp_dir`` must be on the same filesystem as ``target``; it is never in a
+    watched or published folder, so no reader can see a partial file.
+    """
+    tmp = tmp_dir / f"{target.name[:100]}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    _make_parents(target, None)
+    os.replace(tmp, target)
+    fsync_dir(target.parent)
+
+
+def durable_move(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst`` (same filesystem) and make both directories durable.
+
+    Refuses to replace an existing ``dst``: callers choose free names first.
+    """
+    _make_parents(dst, None)
+    if dst.exists() or dst.is_symlink():
+        raise FileExistsError(f"refusing to replace {dst}")
+    os.rename(src, dst)
+    fsync_dir(dst.parent)
+    if src.parent != dst.parent:
+        fsync_dir(src.parent)
+
+
+def unique_name(path: Path, taken: set[Path] | None = None) -> Path:
+    """``path`` if free, else ``stem~2.ext``, ``stem~3.ext``… (the collision rule).
+
+    A name counts as taken if it exists, its sidecar exists, or it is in ``taken``.
+    """
+
+    def busy(candidate: Path) -> bool:
+        sidecar = candidate.with_name(candidate.name + ".meta.json")
+        return (
+            candidate.exists()
+            or candidate.is_symlink()
+            or sidecar.exists()
+            or (taken is not None and candidate in taken)
+        )
+
+    if not busy(path):
+        return path
+    stem, suffix = path.stem, path.suffix
+    n = 2
+    while True:
+        candidate = path.with_name(f"{stem}~{n}{suffix}")
+        if not busy(candidate):
+            return candidate
+        n += 1

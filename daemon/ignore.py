@@ -1,0 +1,35 @@
+"""Which inbox entries are never picked up, and why (the reason is a metric label)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import PurePosixPath
+
+from daemon.layout import normalize_extension
+
+__all__ = ["IgnoreRules"]
+
+
+@dataclass(frozen=True)
+class IgnoreRules:
+    patterns: tuple[str, ...]
+    dirs: tuple[str, ...]
+    asset_extensions: tuple[str, ...]
+
+    def reason(self, relative: PurePosixPath) -> str | None:
+        """``None`` to pick the file up, else a short reason (bounded set of values)."""
+        *folders, name = relative.parts
+        for folder in folders:
+            if folder in self.dirs:
+                return "ignored_folder"
+            if folder.startswith("."):
+                return "hidden_folder"
+        if any(fnmatchcase(name, pattern) for pattern in self.patterns):
+            return "pattern"
+        if normalize_extension(name) in self.asset_extensions:
+            return "asset"
+        return None
+
+    def skip_folder(self, name: str) -> bool:
+        return name in self.dirs or name.startswith(".")

@@ -1,0 +1,324 @@
+"""The life of one dropped file, top to bottom.
+
+    detected → settled → claimed → routed → converted (in a worker) → published → archived
+                                       ↘ failed (input to failed/, with <name>.error.json)
+
+Every arrow that changes the data root is durable (see ``durable`` and
+``publish``), and ``recover`` finishes or resumes whatever a crash interrupted,
+so each input ends up exactly once in outbox/ (with its sidecar) or failed/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from converters.base import AccelerationInfo, ConvertOptions, Lane
+from converters.errors import (
+    CrashLoop,
+    NotRegularFile,
+    SirError,
+    WorkerCrashed,
+    error_for_code,
+)
+from converters.registry import Registry
+from daemon.config import ProfileSettings
+from daemon.jobs import Job, JobStore
+from daemon.layout import DataRoot, ResolvedRoute
+from daemon.metrics import Metrics
+from daemon.options import resolve_options
+from daemon.publish import Publisher
+from daemon.sidecar import (
+    ConverterInfo,
+    ErrorInfo,
+    InputInfo,
+    RouteInfo,
+    ServiceInfo,
+    Sidecar,
+    Timings,
+)
+from daemon.workers import LanePool, WorkerReply
+
+__all__ = ["FailureNote", "Lifecycle"]
+
+log = structlog.get_logger("sir_convert_a_lot.lifecycle")
+
+
+@dataclass(frozen=True)
+class FailureNote:
+    """A recent failure, for /status."""
+
+    job_id: str
+    relative_path: str
+    code: str
+    message: str
+    at: str
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        settings: ProfileSettings,
+        registry: Registry,
+        pools: dict[Lane, LanePool],
+        metrics: Metrics,
+        service: ServiceInfo,
+    ) -> None:
+        self.settings = settings
+        self.root = DataRoot(settings.data_root)
+        self.store = JobStore(self.root, settings.name)
+        self.publisher = Publisher(
+            self.root, self.store, delete_on_success=settings.on_success == "delete"
+        )
+        self.registry = registry
+        self.pools = pools
+        self.metrics = metrics
+        self.service = service
+        self.failures: collections.deque[FailureNote] = collections.deque(maxlen=50)
+        self.active: dict[str, Job] = {}
+        self._publish_lock = asyncio.Lock()
+
+    # -- 1. claim ----------------------------------------------------------------
+
+    def lane_for(self, relative_path: Path) -> Lane:
+        """Which lane a not-yet-claimed inbox path will need (for back-pressure)."""
+        try:
+            resolved = self.root.resolve(
+                self.root.inbox_relative(relative_path), self.settings.default_targets
+            )
+            return self.registry.get(resolved.source, resolved.target).lane
+        except SirError:
+            return Lane.CPU  # it will fail fast, cheaply
+
+    def claim(self, path: Path, detected_at: datetime) -> Job | None:
+        """Take the settled file out of the inbox (blocking: run it in a thread)."""
+        job = self.store.claim(path, detected_at)
+        if job is not None:
+            self.store.fill_input_facts(job)
+        return job
+
+    # -- 2..5. route, convert, publish ---------------------------------------------
+
+    async def process(self, job: Job) -> None:
+        self.active[job.id] = job
+        bound = log.bind(job_id=job.id, profile=self.settings.name, input=job.record.relative_path)
+        resolved: ResolvedRoute | None = None
+        started: datetime | None = None
+        try:
+            self._refuse_unsafe_entry(job)
+            resolved = self.root.resolve(job.record.relative, self.settings.default_targets)
+            bound = bound.bind(route=f"{resolved.source}->{resolved.target}")
+            converter = self.registry.get(resolved.source, resolved.target)
+            options = resolve_options(self.settings.options, self.root.inbox, job.record.relative)
+            started = datetime.now(UTC)
+            reply = await self._convert(job, resolved, converter.lane, options)
+        except SirError as exc:
+            bound.warning("job_failed", code=exc.code, error=exc.message)
+            await self._fail(job, exc, resolved, started)
+        else:
+            await self._succeed(job, resolved, converter.lane, reply, started)
+            bound.info(
+                "job_succeeded",
+                output=job.record.output_relative,
+                seconds=reply.get("convert_seconds"),
+            )
+        finally:
+            self.active.pop(job.id, None)
+
+    def _refuse_unsafe_entry(self, job: Job) -> None:
+        """Only regular files with one link are read. Others are never opened."""
+        st = os.lstat(job.input_path)
+        if not stat.S_ISREG(st.st_mode):
+            kind = (
+                "a symbolic link"
+                if stat.S_ISLNK(st.st_mode)
+                else "a directory"
+                if stat.S_ISDIR(st.st_mode)
+                else "a FIFO"
+                if stat.S_ISFIFO(st.st_mode)
+                else "a special file"
+            )
+            raise NotRegularFile(
+                f"{job.record.relative.name} is {kind}; only regular files are converted"
+            )
+        if st.st_nlink > 1:
+            raise NotRegularFile(
+                f"{job.record.relative.name} has {st.st_nlink} hard links; "
+                "copy the file into the inbox instead of linking it"
+            )
+
+    async def _convert(
+        self, job: Job, resolved: ResolvedRoute, lane: Lane, options: ConvertOptions
+    ) -> WorkerReply:
+        """Run the job in a worker. A worker lost mid-job is retried up to max_attempts."""
+        pool = self.pools[lane]
+        while True:
+            if job.work_dir.exists():
+                shutil.rmtree(job.work_dir)
+            job.work_dir.mkdir()
+            self.metrics.queue_wait_seconds.labels(f"{resolved.source}->{resolved.target}").observe(
+                max(0.0, (datetime.now(UTC) - job.record.detected_at).total_seconds())
+            )
+            payload: dict[str, Any] = {
+                "job_id": job.id,
+                "source": resolved.source,
+                "target": resolved.target,
+                "input_path": str(job.input_path),
+                "output_path": str(job.work_dir / resolved.output_relative.name),
+                "options": options.model_dump(mode="json"),
+                "allowed_root": str(self.root.inbox / resolved.relative_path.parent),
+            }
+            try:
+                reply = await pool.run(payload, on_start=lambda: self._count_attempt(job))
+            except WorkerCrashed:
+                if job.record.attempts >= self.settings.max_attempts:
+                    raise
+                log.warning(
+                    "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
+                )
+                continue
+            if not reply.get("ok"):
+                raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+            return reply
+
+    @staticmethod
+    def _count_attempt(job: Job) -> None:
+        """A worker took the job: count it, durably, for crash-loop detection."""
+        job.record.attempts += 1
+        job.save()
+
+    def _sidecar(
+        self,
+        job: Job,
+        resolved: ResolvedRoute | None,
+        started: datetime | None,
+        status: str,
+    ) -> Sidecar:
+        now = datetime.now(UTC)
+        queue_seconds = (started - job.record.detected_at).total_seconds() if started else None
+        return Sidecar(
+            status="succeeded" if status == "succeeded" else "failed",
+            job_id=job.id,
+            profile=self.settings.name,
+            route=RouteInfo(source=resolved.source, target=resolved.target) if resolved else None,
+            input=InputInfo(
+                name=job.record.relative.name,
+                relative_path=job.record.relative_path,
+                sha256=job.record.input_sha256,
+                size_bytes=job.record.input_size,
+            ),
+            timings=Timings(
+                detected_at=job.record.detected_at,
+                started_at=started,
+                finished_at=now,
+                queue_seconds=round(queue_seconds, 4) if queue_seconds is not None else None,
+            ),
+            service=self.service,
+            attempts=max(1, job.record.attempts),
+        )
+
+    async def _succeed(
+        self,
+        job: Job,
+        resolved: ResolvedRoute,
+        lane: Lane,
+        reply: WorkerReply,
+        started: datetime | None,
+    ) -> None:
+        route = f"{resolved.source}->{resolved.target}"
+        sidecar = self._sidecar(job, resolved, started, "succeeded")
+        sidecar.timings.convert_seconds = reply.get("convert_seconds")
+        sidecar.input.pages = reply.get("pages")
+        sidecar.warnings = list(reply.get("warnings", []))
+        sidecar.converter = ConverterInfo(
+            name=str(reply.get("converter")), versions=dict(reply.get("versions", {}))
+        )
+        info = self.pools[lane].ready_info()
+        sidecar.acceleration = AccelerationInfo(
+            policy=self.settings.gpu_policy,
+            device=reply.get("device"),
+            runtime_kind=info.get("runtime_kind") if lane is Lane.GPU else "none",
+            device_name=info.get("device_name") if reply.get("device") == "cuda" else None,
+        )
+        output = job.work_dir / resolved.output_relative.name
+        async with self._publish_lock:
+            await asyncio.to_thread(
+                self.publisher.stage_success, job, output, resolved.output_relative, sidecar
+            )
+            await asyncio.to_thread(self.publisher.finish_success, job)
+        self.metrics.job_finished(route, "succeeded", "")
+        self.metrics.convert_seconds.labels(route).observe(float(reply.get("convert_seconds", 0)))
+        if reply.get("pages"):
+            self.metrics.pages.labels(route).inc(int(reply["pages"]))
+        self.metrics.last_success.set(time.time())
+
+    async def _fail(
+        self,
+        job: Job,
+        error: SirError,
+        resolved: ResolvedRoute | None,
+        started: datetime | None,
+    ) -> None:
+        sidecar = self._sidecar(job, resolved, started, "failed")
+        sidecar.error = ErrorInfo(code=error.code, message=error.message, retryable=error.retryable)
+        async with self._publish_lock:
+            await asyncio.to_thread(self.publisher.stage_failure, job, sidecar)
+            await asyncio.to_thread(self.publisher.finish_failure, job)
+        route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
+        self.metrics.job_finished(route, "failed", error.code)
+        self.failures.append(
+            FailureNote(
+                job.id,
+                job.record.relative_path,
+                error.code,
+                error.message,
+                datetime.now(UTC).isoformat(),
+            )
+        )
+
+    # -- recovery --------------------------------------------------------------------
+
+    def recover(self) -> list[Job]:
+        """Finish what a crash interrupted. Returns the jobs that must be converted again."""
+        for leftover in self.root.tmp.glob("*"):
+            leftover.unlink(missing_ok=True)
+        resume: list[Job] = []
+        for job in self.store.load_all():
+            phase = job.record.phase
+            has_input = job.input_path.exists() or job.input_path.is_symlink()
+            log.info("recovering_job", job_id=job.id, phase=phase, input=job.record.relative_path)
+            if phase == "publishing":
+                self.publisher.finish_success(job)
+            elif phase == "failing":
+                self.publisher.finish_failure(job)
+            elif not has_input:
+                # The claim rename never happened: the file is still in the inbox.
+                self.store.finish(job)
+            else:
+                if phase == "claiming":
+                    job.record.phase = "claimed"
+                    job.save()
+                if job.record.input_sha256 is None:
+                    self.store.fill_input_facts(job)
+                resume.append(job)
+        return resume
+
+    def crash_looped(self, job: Job) -> SirError | None:
+        if job.record.attempts >= self.settings.max_attempts:
+            return CrashLoop(
+                f"the daemon stopped {job.record.attempts} times while converting this file"
+            )
+        return None
+
+    async def fail_now(self, job: Job, error: SirError) -> None:
+        await self._fail(job, error, None, None)

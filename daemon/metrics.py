@@ -1,0 +1,98 @@
+"""Prometheus metrics, on a registry of our own (never the global one).
+
+Labels are bounded: profile, route, lane, outcome, error code, reason, check.
+File names never appear in labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+__all__ = ["Metrics"]
+
+NS = "sir_convert_a_lot"
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+
+
+class Metrics:
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.jobs = Counter(
+            f"{NS}_jobs",
+            "Jobs finished, by route, outcome and error code.",
+            ["profile", "route", "outcome", "code"],
+            registry=r,
+        )
+        self.convert_seconds = Histogram(
+            f"{NS}_convert_duration_seconds",
+            "Time spent converting, by route.",
+            ["route"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            f"{NS}_queue_wait_seconds",
+            "Time from detection to the start of conversion.",
+            ["route"],
+            buckets=_DURATION_BUCKETS,
+            registry=r,
+        )
+        self.pages = Counter(
+            f"{NS}_pages_converted", "Pages converted, by route.", ["route"], registry=r
+        )
+        self.queue_depth = Gauge(
+            f"{NS}_queue_depth", "Claimed jobs waiting for a worker, by lane.", ["lane"], registry=r
+        )
+        self.in_flight = Gauge(
+            f"{NS}_in_flight", "Jobs being converted now, by lane.", ["lane"], registry=r
+        )
+        self.pending_files = Gauge(
+            f"{NS}_pending_files", "Files seen in the inbox and not yet claimed.", registry=r
+        )
+        self.oldest_waiting = Gauge(
+            f"{NS}_oldest_waiting_seconds",
+            "Age of the oldest file waiting in the inbox or queue.",
+            registry=r,
+        )
+        self.files_detected = Counter(
+            f"{NS}_files_detected", "Files found in the inbox.", registry=r
+        )
+        self.files_ignored = Counter(
+            f"{NS}_files_ignored", "Inbox entries ignored, by reason.", ["reason"], registry=r
+        )
+        self.files_refused = Counter(
+            f"{NS}_files_refused",
+            "Inbox entries refused (not a regular file, no route).",
+            ["code"],
+            registry=r,
+        )
+        self.worker_starts = Counter(
+            f"{NS}_worker_starts", "Worker processes started, by lane.", ["lane"], registry=r
+        )
+        self.worker_restarts = Counter(
+            f"{NS}_worker_restarts",
+            "Worker processes replaced, by lane and reason (timeout, memory, crash, recycle).",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.gpu_available = Gauge(
+            f"{NS}_gpu_available",
+            "1 if a usable GPU was found, by runtime kind.",
+            ["runtime_kind"],
+            registry=r,
+        )
+        self.ready = Gauge(f"{NS}_ready", "1 when /readyz passes.", registry=r)
+        self.readiness_check = Gauge(
+            f"{NS}_readiness_check", "1 when a readiness check passes.", ["check"], registry=r
+        )
+        self.last_success = Gauge(
+            f"{NS}_last_success_timestamp_seconds",
+            "Unix time of the last successful job.",
+            registry=r,
+        )
+        self.build_info = Info(f"{NS}_build", "Version, revision and profile.", registry=r)
+
+    def job_finished(self, route: str, outcome: str, code: str) -> None:
+        self.jobs.labels(self.profile, route, outcome, code).inc()

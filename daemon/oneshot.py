@@ -1,0 +1,88 @@
+"""``sir-convert-a-lot convert``: the daemon's own pipeline, once, without a watcher.
+
+Each file is copied into a private data root next to the output folder, claimed,
+converted by the same warm workers, and published with the same sidecars; the
+results are then moved to ``--output-dir``. Originals are never modified.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from converters.errors import SirError, UnsupportedRoute, error_for_code
+from daemon.config import ProfileSettings, Settings
+from daemon.durable import unique_name
+from daemon.layout import normalize_extension
+
+__all__ = ["convert_files"]
+
+
+async def _convert(
+    files: list[Path], target: str, output_dir: Path, profile: ProfileSettings
+) -> int:
+    from daemon.service import Service
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".sir-convert-a-lot-", dir=output_dir))
+    settings = profile.model_copy(update={"data_root": scratch, "name": profile.name})
+    service = Service(Settings(profiles={settings.name: settings}), settings)
+    root = service.root
+    root.create()
+    lanes = {service.lifecycle.lane_for(root.inbox / f"to-{target}" / f.name) for f in files}
+    for lane in lanes:
+        await service.pools[lane].start()
+    worst = 0
+    try:
+        for index, source in enumerate(files, 1):
+            dropped = root.inbox / f"to-{target}" / source.name
+            shutil.copyfile(source, dropped)
+            job = service.lifecycle.claim(dropped, datetime.now(UTC))
+            assert job is not None
+            await service.lifecycle.process(job)
+            code, line = _collect(root.root, output_dir, source)
+            print(f"[{index}/{len(files)}] {source} -> {line}", file=sys.stderr, flush=True)
+            if code and not worst:
+                worst = error_for_code(code, "").exit_code
+    finally:
+        for pool in service.pools.values():
+            await pool.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return worst
+
+
+def _collect(scratch: Path, output_dir: Path, source: Path) -> tuple[str | None, str]:
+    """Move the job's published files out of the scratch root; report the outcome."""
+    outbox, failed = scratch / "outbox", scratch / "failed"
+    for sidecar in outbox.rglob("*.meta.json"):
+        produced = sidecar.with_name(sidecar.name.removesuffix(".meta.json"))
+        final = unique_name(output_dir / produced.name)
+        os.replace(produced, final)
+        os.replace(sidecar, final.with_name(final.name + ".meta.json"))
+        return None, f"{final}"
+    for error in failed.rglob("*.error.json"):
+        data = json.loads(error.read_bytes())
+        final = output_dir / f"{source.name}.error.json"
+        os.replace(error, final)
+        shutil.rmtree(failed)
+        failed.mkdir()
+        return data["error"]["code"], f"FAILED {data['error']['code']}: {data['error']['message']}"
+    return "internal_error", "FAILED: no result was published"
+
+
+def convert_files(
+    files: list[Path], target: str, output_dir: Path, profile: ProfileSettings
+) -> int:
+    missing = [f for f in files if not f.is_file()]
+    if missing:
+        raise SirError(f"not a file: {', '.join(map(str, missing))}")
+    for f in files:
+        if not normalize_extension(f.name):
+            raise UnsupportedRoute(f"{f} has no extension to tell its format")
+    return asyncio.run(_convert(files, target, output_dir, profile))

@@ -1,0 +1,246 @@
+"""Readiness: can this process do its job right now? Every check, with its state.
+
+Results are cached briefly and a check is only reported failing after two
+consecutive failures (or if it never passed), so one slow probe never flaps
+/readyz.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from converters.base import Lane
+from converters.errors import SirError
+from daemon.config import check_data_roots
+from daemon.revision import code_dirs
+
+if TYPE_CHECKING:
+    from daemon.service import Service
+
+__all__ = ["CHECKS", "CheckResult", "Readiness"]
+
+# check name -> the reason code it reports when failing
+CHECKS: dict[str, str] = {
+    "revision": "stale_revision",
+    "profile": "profile_mismatch",
+    "data_roots": "data_root_overlap",
+    "data_root_writable": "data_root_unwritable",
+    "disk": "disk_low",
+    "watcher": "watcher_stale",
+    "workers": "workers_not_warm",
+    "converters": "converter_unavailable",
+    "models": "models_missing",
+    "gpu": "gpu_unavailable",
+}
+PROFILE_MARKER = "profile"
+
+
+@dataclass
+class CheckResult:
+    name: str
+    ok: bool
+    code: str
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.name,
+            "ok": self.ok,
+            "code": self.code,
+            "message": self.message,
+            "details": self.details,
+        }
+
+
+class Readiness:
+    def __init__(self, service: Service, cache_seconds: float = 1.0) -> None:
+        self.service = service
+        self.cache_seconds = cache_seconds
+        self._cached_at = 0.0
+        self._results: list[CheckResult] = []
+        self._failures: dict[str, int] = {}
+        self._ever_ok: set[str] = set()
+
+    def evaluate(self, *, force: bool = False) -> tuple[bool, list[CheckResult]]:
+        now = time.monotonic()
+        if force or now - self._cached_at >= self.cache_seconds or not self._results:
+            self._results = [self._debounced(name, fn) for name, fn in self._checks().items()]
+            self._cached_at = now
+            metrics = self.service.metrics
+            for result in self._results:
+                metrics.readiness_check.labels(result.name).set(1 if result.ok else 0)
+            metrics.ready.set(1 if all(r.ok for r in self._results) else 0)
+        return all(r.ok for r in self._results), self._results
+
+    def _debounced(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+        try:
+            result = fn()
+        except Exception as exc:  # a broken probe is a failing check, not a crash
+            result = CheckResult(name, False, CHECKS[name], f"check raised {exc!r}")
+        if result.ok:
+            self._failures[name] = 0
+            self._ever_ok.add(name)
+            return result
+        self._failures[name] = self._failures.get(name, 0) + 1
+        if name in self._ever_ok and self._failures[name] < 2:
+            return CheckResult(
+                name,
+                True,
+                result.code,
+                f"(1 failure, not yet down) {result.message}",
+                result.details,
+            )
+        return result
+
+    def _checks(self) -> dict[str, Callable[[], CheckResult]]:
+        return {
+            "revision": self._revision,
+            "profile": self._profile,
+            "data_roots": self._data_roots,
+            "data_root_writable": self._writable,
+            "disk": self._disk,
+            "watcher": self._watcher,
+            "workers": self._workers,
+            "converters": self._converters,
+            "models": self._models,
+            "gpu": self._gpu,
+        }
+
+    # -- the checks -------------------------------------------------------------------
+
+    def _ok(self, name: str, **details: Any) -> CheckResult:
+        return CheckResult(name, True, CHECKS[name], "", details)
+
+    def _fail(self, name: str, message: str, **details: Any) -> CheckResult:
+        return CheckResult(name, False, CHECKS[name], message, details)
+
+    def _revision(self) -> CheckResult:
+        info, settings = self.service.info, self.service.settings
+        details = {"revision": info.revision, "expected": settings.expected_revision}
+        if info.revision == "unknown":
+            return self._fail("revision", "the running revision is unknown", **details)
+        if settings.expected_revision and settings.expected_revision != info.revision:
+            return self._fail(
+                "revision", "running revision differs from the expected one", **details
+            )
+        return self._ok("revision", **details)
+
+    def _profile(self) -> CheckResult:
+        marker = self.service.root.state / PROFILE_MARKER
+        name = self.service.settings.name
+        try:
+            recorded = marker.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return self._fail("profile", f"data root has no profile marker ({marker})")
+        if recorded != name:
+            return self._fail(
+                "profile",
+                f"data root belongs to profile {recorded!r}, not {name!r}",
+                recorded=recorded,
+                configured=name,
+            )
+        return self._ok("profile", profile=name)
+
+    def _data_roots(self) -> CheckResult:
+        try:
+            check_data_roots(self.service.all_settings, code_dirs=code_dirs())
+        except SirError as exc:
+            return self._fail("data_roots", exc.message)
+        return self._ok("data_roots")
+
+    def _writable(self) -> CheckResult:
+        probe = self.service.root.tmp / f"ready-{uuid.uuid4().hex}"
+        try:
+            probe.write_bytes(b"ok")
+            probe.unlink()
+            for folder in self.service.root.folders():
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise PermissionError(f"{folder} is not writable")
+        except OSError as exc:
+            return self._fail("data_root_writable", str(exc), data_root=str(self.service.root.root))
+        return self._ok("data_root_writable")
+
+    def _disk(self) -> CheckResult:
+        free_mb = shutil.disk_usage(self.service.root.root).free / 2**20
+        floor = self.service.settings.min_free_disk_mb
+        if free_mb < floor:
+            return self._fail(
+                "disk",
+                f"{free_mb:.0f} MiB free, below {floor} MiB",
+                free_mb=round(free_mb),
+                min_free_mb=floor,
+            )
+        return self._ok("disk", free_mb=round(free_mb))
+
+    def _watcher(self) -> CheckResult:
+        svc = self.service
+        if not svc.watcher.alive():
+            return self._fail("watcher", "the inbox observer thread is not running")
+        bound = 3 * svc.settings.rescan_interval_seconds + 10
+        if svc.last_rescan is None or time.monotonic() - svc.last_rescan > bound:
+            return self._fail("watcher", f"no rescan completed in the last {bound:.0f} s")
+        return self._ok("watcher", observer=svc.settings.observer)
+
+    def _workers(self) -> CheckResult:
+        cold = {
+            lane.value: [s.index for s in pool.slots if not s.warm]
+            for lane, pool in self.service.pools.items()
+        }
+        if any(cold.values()):
+            return self._fail("workers", "workers are starting or warming up", cold_slots=cold)
+        return self._ok("workers")
+
+    def _problems(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+        for pool in self.service.pools.values():
+            for route, items in pool.ready_info().get("problems", {}).items():
+                if items:
+                    found[route] = list(items)
+        return found
+
+    def _converters(self) -> CheckResult:
+        broken = {
+            r: p
+            for r, p in self._problems().items()
+            if not any(x.startswith("models_missing") for x in p)
+        }
+        if broken:
+            return self._fail("converters", "some routes cannot run", routes=broken)
+        return self._ok("converters")
+
+    def _models(self) -> CheckResult:
+        missing = {
+            r: p
+            for r, p in self._problems().items()
+            if any(x.startswith("models_missing") for x in p)
+        }
+        if missing:
+            return self._fail(
+                "models",
+                "model artifacts are missing for some routes",
+                routes=missing,
+                models_dir=str(self.service.settings.models_dir),
+            )
+        return self._ok("models")
+
+    def _gpu(self) -> CheckResult:
+        settings = self.service.settings
+        info = self.service.pools[Lane.GPU].ready_info()
+        probe = info.get("probe") or {}
+        details = {"policy": settings.gpu_policy, "device": info.get("device"), **probe}
+        available = bool(probe.get("available"))
+        self.service.metrics.gpu_available.labels(str(probe.get("runtime_kind", "none"))).set(
+            1 if available else 0
+        )
+        if settings.gpu_policy == "required" and info and not available:
+            return self._fail("gpu", "policy is 'required' and no usable GPU was found", **details)
+        if settings.gpu_policy == "required" and not info:
+            return self._fail("gpu", "the GPU worker has not reported yet", **details)
+        return self._ok("gpu", **details)

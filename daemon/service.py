@@ -1,0 +1,231 @@
+"""The daemon process for one profile: wiring, the supervisor loop, and shutdown.
+
+The supervisor loop ticks every 50 ms: it lets settled files through, claims
+them while their lane has room, and starts one task per claimed job. Scans run
+at start-up and then every ``rescan_interval_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import stat
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from converters.base import Lane
+from converters.registry import Registry, default_registry
+from daemon.config import ProfileSettings, Settings
+from daemon.ignore import IgnoreRules
+from daemon.jobs import Job
+from daemon.layout import DataRoot, normalize_extension
+from daemon.lifecycle import Lifecycle
+from daemon.metrics import Metrics
+from daemon.notify import Notifier
+from daemon.revision import service_info
+from daemon.settle import Arrival, SettleTracker, StatKey
+from daemon.watcher import InboxWatcher, scan_inbox
+from daemon.workers import LanePool
+
+__all__ = ["Service"]
+
+log = structlog.get_logger("sir_convert_a_lot.service")
+
+TICK_SECONDS = 0.05
+
+
+class Service:
+    def __init__(self, settings: Settings, profile: ProfileSettings) -> None:
+        self.all_settings = settings
+        self.settings = profile
+        self.root = DataRoot(profile.data_root)
+        self.registry: Registry = default_registry()
+        self.metrics = Metrics(profile.name)
+        self.info = service_info(profile)
+        self.metrics.build_info.info(
+            {"version": self.info.version, "revision": self.info.revision, "profile": profile.name}
+        )
+        hello: dict[str, Any] = {
+            "gpu_policy": profile.gpu_policy,
+            "models_dir": str(profile.models_dir) if profile.models_dir else None,
+            "limits": profile.limits.model_dump(),
+        }
+        self.pools = {
+            Lane.GPU: LanePool(Lane.GPU, profile.gpu, hello, self.metrics, profile.queue_size),
+            Lane.CPU: LanePool(Lane.CPU, profile.cpu, hello, self.metrics, profile.queue_size),
+        }
+        self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
+        self.ignore = IgnoreRules(
+            profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
+        )
+        self.watcher = InboxWatcher(
+            self.root.inbox,
+            polling=profile.observer == "polling",
+            polling_interval=profile.polling_interval_seconds,
+        )
+        self.tracker = SettleTracker(
+            profile.settle_seconds, require_close=self.watcher.reports_closes
+        )
+        self.notifier = Notifier.from_environment()
+        self.started_at = datetime.now(UTC)
+        self.heartbeat = time.monotonic()
+        self.last_rescan: float | None = None
+        self.stopping = asyncio.Event()
+        self.intake_paused_reason: str | None = None
+        self._detected_at: dict[Path, datetime] = {}
+        self._ignored: set[Path] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sources = {r.source for r in self.registry.routes()} | {"htm", "markdown"}
+
+    # -- detection ---------------------------------------------------------------------
+
+    def _on_event(self, arrival: Arrival, path: Path) -> None:
+        try:
+            relative = self.root.inbox_relative(path)
+        except ValueError:
+            return
+        reason = self.ignore.reason(relative)
+        if reason is not None:
+            if path not in self._ignored:
+                self._ignored.add(path)
+                self.metrics.files_ignored.labels(reason).inc()
+            return
+        if path not in self.tracker:
+            self._detected_at.setdefault(path, datetime.now(UTC))
+            self.metrics.files_detected.inc()
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            self.tracker.forget(path)
+            return
+        if not stat.S_ISREG(mode):
+            arrival = Arrival.RENAMED  # nothing to wait for: it will be refused unread
+        self.tracker.observe(path, arrival, time.monotonic())
+
+    def _is_entry_dir(self, name: str) -> bool:
+        return normalize_extension(name) in self._sources
+
+    def rescan(self) -> None:
+        for path in scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir):
+            if path not in self.tracker:
+                self._on_event(Arrival.SCANNED, path)
+        self.last_rescan = time.monotonic()
+
+    @staticmethod
+    def _stat(path: Path) -> StatKey | None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_size, st.st_mtime_ns)
+
+    # -- the supervisor loop --------------------------------------------------------------
+
+    async def _claim_ready(self) -> None:
+        now = time.monotonic()
+        ready = self.tracker.due(now, self._stat)
+        for path in ready:
+            lane = self.lifecycle.lane_for(path)
+            if self.intake_paused_reason or not self.pools[lane].has_room():
+                # Leave it in the inbox; it is seen again on the next tick.
+                self.tracker.observe(path, Arrival.RENAMED, now)
+                continue
+            detected = self._detected_at.pop(path, datetime.now(UTC))
+            try:
+                job = await asyncio.to_thread(self.lifecycle.claim, path, detected)
+            except OSError as exc:
+                log.error("claim_failed", input=str(path), error=str(exc))
+                self.tracker.observe(path, Arrival.SCANNED, now)
+                continue
+            if job is not None:
+                self._spawn(job)
+
+    def _spawn(self, job: Job) -> None:
+        task = asyncio.create_task(self._run_job(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self.lifecycle.process(job)
+        except Exception:
+            # Never lose the input: it stays in .state and is recovered on restart.
+            log.exception("job_crashed_in_supervisor", job_id=job.id)
+
+    def _update_gauges(self) -> None:
+        self.metrics.pending_files.set(len(self.tracker))
+        oldest = self.tracker.oldest()
+        ages = [time.monotonic() - oldest] if oldest is not None else []
+        for job in self.lifecycle.active.values():
+            ages.append((datetime.now(UTC) - job.record.detected_at).total_seconds())
+        self.metrics.oldest_waiting.set(max(ages, default=0.0))
+
+    async def _supervise(self) -> None:
+        next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
+        while not self.stopping.is_set():
+            self.heartbeat = time.monotonic()
+            self.notifier.watchdog()
+            await self._claim_ready()
+            if time.monotonic() >= next_rescan:
+                await asyncio.to_thread(self.rescan)
+                next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
+            self._update_gauges()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), TICK_SECONDS)
+
+    # -- start and stop ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.root.create)
+        for job in await asyncio.to_thread(self.lifecycle.recover):
+            error = self.lifecycle.crash_looped(job)
+            if error is not None:
+                await self.lifecycle.fail_now(job, error)
+            else:
+                self._spawn(job)
+        for pool in self.pools.values():
+            await pool.start()
+        loop = asyncio.get_running_loop()
+        self.watcher.start(loop, self._on_event, self.rescan)
+        await asyncio.to_thread(self.rescan)
+        log.info(
+            "service_started",
+            profile=self.settings.name,
+            data_root=str(self.root.root),
+            revision=self.info.revision,
+            observer=self.settings.observer,
+        )
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        supervisor = asyncio.create_task(self._supervise())
+        await self.stopping.wait()
+        await self.shutdown()
+        await supervisor
+
+    async def shutdown(self) -> None:
+        """Stop claiming, let in-flight jobs finish within drain_seconds, leave the rest."""
+        self.notifier.stopping()
+        log.info(
+            "draining", in_flight=len(self.lifecycle.active), seconds=self.settings.drain_seconds
+        )
+        self.watcher.stop()
+        for pool in self.pools.values():
+            pool.stop_accepting()
+        deadline = time.monotonic() + self.settings.drain_seconds
+        while self._tasks and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for pool in self.pools.values():
+            await pool.close()
+        for task in list(self._tasks):
+            task.cancel()
+        # Jobs still claimed stay in .state and are resumed after the restart.
+        log.info("stopped", unfinished=len(self._tasks))

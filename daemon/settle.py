@@ -1,0 +1,113 @@
+"""Settling: deciding when a file in the inbox is complete and safe to read.
+
+* A file that arrived by rename (rsync's final rename, ``mv``, ``os.replace``) is
+  complete at once.
+* A file written in place (cp, SMB, ``rsync --inplace``, a scanner) is ready
+  only after a close-after-write (when the observer reports closes), a quiet
+  window with no events, and a size and mtime that did not change during that
+  window, as seen by our own repeated ``lstat`` calls.
+
+The tracker is pure logic over an injected clock and stat function, so it is
+unit-tested without a filesystem.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Arrival", "SettleTracker", "StatKey"]
+
+StatKey = tuple[int, int]  # (size, mtime_ns)
+
+
+class Arrival(enum.Enum):
+    RENAMED = "renamed"  # appeared by a rename into the inbox: complete
+    WRITTEN = "written"  # created or modified in place
+    CLOSED = "closed"  # a writer closed it after writing
+    SCANNED = "scanned"  # found by a scan, no event seen
+
+
+@dataclass
+class _Pending:
+    first_seen: float
+    last_event: float
+    renamed: bool
+    closed: bool
+    stat: StatKey | None = None
+    stable_since: float = 0.0
+
+
+class SettleTracker:
+    def __init__(self, settle_seconds: float, *, require_close: bool) -> None:
+        self.settle_seconds = settle_seconds
+        self.require_close = require_close
+        self._pending: dict[Path, _Pending] = {}
+
+    def __contains__(self, path: Path) -> bool:
+        return path in self._pending
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def first_seen(self, path: Path) -> float | None:
+        entry = self._pending.get(path)
+        return entry.first_seen if entry else None
+
+    def oldest(self) -> float | None:
+        return min((p.first_seen for p in self._pending.values()), default=None)
+
+    def paths(self) -> Iterable[Path]:
+        return list(self._pending)
+
+    def observe(self, path: Path, arrival: Arrival, now: float) -> None:
+        entry = self._pending.get(path)
+        if entry is None:
+            entry = _Pending(first_seen=now, last_event=now, renamed=False, closed=False)
+            self._pending[path] = entry
+            if arrival is Arrival.SCANNED:
+                # Nothing is known about how it got here: rely on the quiet window
+                # and our own stat comparisons alone.
+                entry.closed = True
+        if arrival is Arrival.SCANNED:
+            return
+        entry.last_event = now
+        if arrival is Arrival.RENAMED:
+            entry.renamed = True
+            entry.closed = True
+        elif arrival is Arrival.CLOSED:
+            entry.closed = True
+        else:  # WRITTEN: more data may come
+            entry.renamed = False
+            entry.closed = False
+            entry.stat = None
+
+    def forget(self, path: Path) -> None:
+        self._pending.pop(path, None)
+
+    def due(self, now: float, stat: Callable[[Path], StatKey | None]) -> list[Path]:
+        """Paths that are complete now. Vanished paths are forgotten."""
+        ready: list[Path] = []
+        for path, entry in list(self._pending.items()):
+            current = stat(path)
+            if current is None:
+                del self._pending[path]
+                continue
+            if entry.renamed:
+                ready.append(path)
+                continue
+            if current != entry.stat:
+                entry.stat = current
+                entry.stable_since = now
+                continue
+            if self.require_close and not entry.closed:
+                continue
+            quiet = now - entry.last_event >= self.settle_seconds
+            stable = now - entry.stable_since >= self.settle_seconds
+            if quiet and stable:
+                ready.append(path)
+        for path in ready:
+            del self._pending[path]
+        return ready

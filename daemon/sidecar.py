@@ -1,0 +1,97 @@
+"""The sidecar JSON that automation reads: ``<output>.meta.json`` or ``<input>.error.json``.
+
+The success sidecar is the commit marker: it is written after the output, so a
+reader that sees it can trust the output is complete. Its JSON Schema is
+published in docs/sidecar.schema.json (``sir-convert-a-lot schema``).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from converters.base import AccelerationInfo
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ConverterInfo",
+    "ErrorInfo",
+    "InputInfo",
+    "OutputInfo",
+    "RouteInfo",
+    "ServiceInfo",
+    "Sidecar",
+    "Timings",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouteInfo(_Strict):
+    source: str
+    target: str
+
+
+class InputInfo(_Strict):
+    name: str
+    relative_path: str = Field(description="path relative to the inbox, '/'-separated")
+    sha256: str | None
+    size_bytes: int | None
+    pages: int | None = None
+
+
+class OutputInfo(_Strict):
+    path: str = Field(description="path relative to the outbox, '/'-separated")
+    sha256: str
+    size_bytes: int
+
+
+class ConverterInfo(_Strict):
+    name: str
+    versions: dict[str, str] = Field(default_factory=dict)
+
+
+class Timings(_Strict):
+    detected_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime
+    queue_seconds: float | None = None
+    convert_seconds: float | None = None
+
+
+class ServiceInfo(_Strict):
+    revision: str
+    host: str
+    version: str
+
+
+class ErrorInfo(_Strict):
+    code: str
+    message: str
+    retryable: bool
+
+
+class Sidecar(_Strict):
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["succeeded", "failed"]
+    job_id: str
+    profile: str
+    route: RouteInfo | None
+    input: InputInfo
+    output: OutputInfo | None = None
+    converter: ConverterInfo | None = None
+    acceleration: AccelerationInfo | None = None
+    timings: Timings
+    warnings: list[str] = Field(default_factory=list)
+    service: ServiceInfo
+    attempts: int = 1
+    error: ErrorInfo | None = None
+
+    def to_json(self) -> bytes:
+        return (self.model_dump_json(indent=2) + "\n").encode("utf-8")

@@ -1,0 +1,110 @@
+"""Detection: watchdog observers feeding the settle tracker, plus full scans.
+
+The observer thread only forwards ``(arrival, path)`` pairs into the event loop;
+every decision is taken there. Scans (at start-up and periodically) catch what
+events missed: files that arrived while the daemon was down, lost events, and
+folders moved in whole.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from watchdog.events import (
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from daemon.settle import Arrival
+
+__all__ = ["InboxWatcher", "scan_inbox"]
+
+Sink = Callable[[Arrival, Path], None]
+
+
+def _as_path(raw: str | bytes) -> Path:
+    return Path(os.fsdecode(raw))
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, loop: asyncio.AbstractEventLoop, sink: Sink, rescan: Callable[[], None]):
+        self._loop = loop
+        self._sink = sink
+        self._rescan = rescan
+
+    def _emit(self, arrival: Arrival, raw: str | bytes) -> None:
+        self._loop.call_soon_threadsafe(self._sink, arrival, _as_path(raw))
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, DirMovedEvent):
+            # A folder moved in whole: its files arrived by rename; scan them.
+            self._loop.call_soon_threadsafe(self._rescan)
+        elif isinstance(event, FileMovedEvent):
+            self._emit(Arrival.RENAMED, event.dest_path)
+        elif isinstance(event, FileClosedEvent):
+            self._emit(Arrival.CLOSED, event.src_path)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._emit(Arrival.WRITTEN, event.src_path)
+
+
+class InboxWatcher:
+    def __init__(self, inbox: Path, *, polling: bool, polling_interval: float) -> None:
+        self.inbox = inbox
+        self.polling = polling
+        self._observer: BaseObserver = (
+            PollingObserver(timeout=polling_interval) if polling else Observer()
+        )
+
+    @property
+    def reports_closes(self) -> bool:
+        """Only inotify tells us when a writer closed a file."""
+        return not self.polling
+
+    def start(
+        self, loop: asyncio.AbstractEventLoop, sink: Sink, rescan: Callable[[], None]
+    ) -> None:
+        self._observer.schedule(_Handler(loop, sink, rescan), str(self.inbox), recursive=True)
+        self._observer.start()
+
+    def alive(self) -> bool:
+        return self._observer.is_alive()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+
+def scan_inbox(
+    inbox: Path, skip_folder: Callable[[str], bool], is_entry_dir: Callable[[str], bool]
+) -> Iterator[Path]:
+    """Every entry that could be a job: files, symlinks, FIFOs, and folders that
+    look like documents (``x.pdf/``). Never follows symlinks."""
+    stack = [inbox]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except (FileNotFoundError, NotADirectoryError, PermissionError):
+            continue
+        for entry in entries:
+            try:
+                mode = entry.stat(follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(mode) and not is_entry_dir(entry.name):
+                if not skip_folder(entry.name):
+                    stack.append(Path(entry.path))
+            else:
+                yield Path(entry.path)

@@ -1,0 +1,188 @@
+"""The worker process: builds its lane's converters once, warms them, serves jobs.
+
+Started by the main process as ``python -m daemon.worker``. It speaks JSON
+lines: one ``hello`` on stdin, one ``ready`` reply, then a job per line and a
+result per line. Conversion libraries write to stdout freely, so the protocol
+uses a private copy of the original stdout and fd 1 is pointed at stderr.
+Heavy imports (docling, torch, weasyprint) happen here, never in the main process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["main"]
+
+
+def _protocol_stream() -> IO[str]:
+    out_fd = os.dup(1)
+    os.dup2(2, 1)  # anything a library prints goes to stderr (the journal)
+    sys.stdout = sys.stderr
+    return os.fdopen(out_fd, "w", buffering=1, encoding="utf-8")
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _send(stream: IO[str], message: dict[str, Any]) -> None:
+    stream.write(json.dumps(message) + "\n")
+    stream.flush()
+
+
+def main() -> int:
+    proto = _protocol_stream()
+    # Offline for good: no hub downloads, ever, in the worker.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+    from converters.sniff import check_input
+
+    from converters.base import (
+        ConversionRequest,
+        ConvertOptions,
+        Lane,
+        Limits,
+        WorkerContext,
+    )
+    from converters.errors import ConverterFailed, SirError
+    from converters.registry import default_registry
+
+    hello = json.loads(sys.stdin.readline())
+    lane = Lane(hello["lane"])
+    policy = hello["gpu_policy"]
+    models_dir = Path(hello["models_dir"]) if hello.get("models_dir") else None
+    limits = Limits.model_validate(hello["limits"])
+    registry = default_registry()
+    converters = registry.in_lane(lane)
+
+    started = time.monotonic()
+    startup_error: SirError | None = None
+    lane_warnings: list[str] = []
+    probe: dict[str, Any] | None = None
+    device: Any = "cpu"
+    runtime_kind: Any = "none"
+    device_name: str | None = None
+    if lane is Lane.GPU:
+        from converters.gpu import probe_torch, select_device
+
+        torch_probe = probe_torch()
+        probe = torch_probe.as_dict()
+        runtime_kind = torch_probe.runtime_kind
+        device_name = torch_probe.device_name
+        try:
+            device, lane_warnings = select_device(policy, torch_probe)
+        except SirError as exc:
+            startup_error = exc
+    ctx = WorkerContext(
+        gpu_policy=policy,
+        models_dir=models_dir,
+        limits=limits,
+        device=device,
+        runtime_kind=runtime_kind,
+        device_name=device_name if device == "cuda" else None,
+    )
+    problems: dict[str, list[str]] = {}
+    versions: dict[str, dict[str, str]] = {}
+    for conv in converters:
+        route = str(conv.route)
+        try:
+            versions[route] = conv.versions()
+            problems[route] = conv.problems(ctx)
+            if not problems[route] and startup_error is None:
+                conv.warm(ctx)
+        except SirError as exc:
+            problems[route] = [f"{exc.code}: {exc.message}"]
+        except Exception as exc:  # a broken library must not kill the lane
+            problems[route] = [f"warm-up failed: {type(exc).__name__}: {exc}"]
+    _send(
+        proto,
+        {
+            "event": "ready",
+            "pid": os.getpid(),
+            "lane": lane.value,
+            "warm": True,
+            "warm_seconds": round(time.monotonic() - started, 3),
+            "device": ctx.device,
+            "runtime_kind": ctx.runtime_kind,
+            "device_name": ctx.device_name,
+            "probe": probe,
+            "startup_error": (
+                {"code": startup_error.code, "message": startup_error.message}
+                if startup_error
+                else None
+            ),
+            "problems": problems,
+            "versions": versions,
+        },
+    )
+
+    for line in sys.stdin:
+        job = json.loads(line)
+        t0 = time.monotonic()
+        try:
+            if startup_error is not None:
+                raise startup_error
+            conv = registry.get(job["source"], job["target"])
+            input_path = Path(job["input_path"])
+            check_input(input_path, job["source"], limits)
+            request = ConversionRequest(
+                input_path=input_path,
+                output_path=Path(job["output_path"]),
+                options=ConvertOptions.model_validate(job["options"]),
+                allowed_root=Path(job["allowed_root"]),
+            )
+            result = conv.convert(request, ctx)
+            if not request.output_path.is_file():
+                raise ConverterFailed(f"{conv.name} reported success but wrote no output")
+            reply: dict[str, Any] = {
+                "ok": True,
+                "warnings": sorted(set(lane_warnings + result.warnings)),
+                "pages": result.pages,
+                "device": result.device or ctx.device,
+                "converter": conv.name,
+                "versions": versions.get(str(conv.route), {}),
+            }
+        except SirError as exc:
+            reply = {
+                "ok": False,
+                "code": exc.code,
+                "message": exc.message,
+                "retryable": exc.retryable,
+            }
+        except MemoryError:
+            reply = {
+                "ok": False,
+                "code": "input_too_large",
+                "message": "out of memory",
+                "retryable": False,
+            }
+        except Exception as exc:
+            reply = {
+                "ok": False,
+                "code": ConverterFailed.code,
+                "message": f"{type(exc).__name__}: {exc}"[:2000],
+                "retryable": False,
+            }
+        reply["convert_seconds"] = round(time.monotonic() - t0, 4)
+        reply["rss_mb"] = round(_rss_mb(), 1)
+        _send(proto, reply)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

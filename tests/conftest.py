@@ -1,0 +1,20 @@
+"""Shared test set-up: fixture modules, and markers chosen by folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = [
+    "tests.fixtures.office_docs",
+    "tests.fixtures.web_docs",
+    "tests.fixtures.daemon",
+]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kind = Path(str(item.fspath)).parent.name
+        if kind in {"unit", "integration", "e2e"}:
+            item.add_marker(getattr(pytest.mark, kind))

@@ -1,0 +1,95 @@
+"""pdf → docx with pdf2docx, called exactly as a worker calls it."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from converters.base import (
+    ConversionRequest,
+    ConversionResult,
+    ConvertOptions,
+    Lane,
+    Limits,
+    Route,
+    WorkerContext,
+)
+from converters.errors import CorruptInput, EncryptedInput, TooManyPages
+from converters.pdf_docx import PdfToDocx
+from tests.fixtures.web_docs import PDF_LINES, make_text_pdf
+
+pytestmark = pytest.mark.integration
+
+
+def _convert(source: Path, out: Path, limits: Limits | None = None) -> ConversionResult:
+    ctx = WorkerContext(
+        gpu_policy="cpu",
+        models_dir=None,
+        limits=limits or Limits(),
+        device="cpu",
+        runtime_kind="none",
+    )
+    conv = PdfToDocx()
+    assert conv.problems(ctx) == []
+    conv.warm(ctx)
+    return conv.convert(ConversionRequest(source, out, ConvertOptions(), source.parent), ctx)
+
+
+def _docx_text(path: Path) -> str:
+    import docx
+
+    document = docx.Document(str(path))
+    parts = [p.text for p in document.paragraphs]
+    for table in document.tables:
+        parts.extend(cell.text for row in table.rows for cell in row.cells)
+    return "\n".join(parts)
+
+
+def test_route() -> None:
+    conv = PdfToDocx()
+    assert (conv.route, conv.lane, conv.name) == (Route("pdf", "docx"), Lane.CPU, "pdf2docx")
+    assert set(conv.versions()) == {"pdf2docx", "pymupdf", "pypdfium2"}
+
+
+def test_pdf_to_docx_keeps_the_text(
+    web_pdf: Path,
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    out = tmp_path / "out.docx"
+    with caplog.at_level(logging.DEBUG):
+        result = _convert(web_pdf, out, None)
+
+    text = " ".join(_docx_text(out).split())
+    for line in PDF_LINES:
+        assert line in text
+    assert result.pages == 1
+    assert result.warnings == []
+    # pdf2docx is quiet: nothing on stdout, none of its progress lines in the logs
+    assert capfd.readouterr().out == ""
+    assert not [r for r in caplog.records if "Parsing pages" in r.getMessage()]
+
+
+def test_encrypted_pdf_is_refused(hostile_encrypted_pdf: Path, tmp_path: Path) -> None:
+    with pytest.raises(EncryptedInput):
+        _convert(hostile_encrypted_pdf, tmp_path / "out.docx")
+    assert not (tmp_path / "out.docx").exists()
+
+
+def test_truncated_pdf_is_refused(hostile_truncated_pdf: Path, tmp_path: Path) -> None:
+    with pytest.raises(CorruptInput):
+        _convert(hostile_truncated_pdf, tmp_path / "out.docx")
+
+
+def test_page_limit_is_checked_before_converting(tmp_path: Path) -> None:
+    source = make_text_pdf(tmp_path / "three.pdf", pages=3)
+    out = tmp_path / "out.docx"
+    with pytest.raises(TooManyPages):
+        _convert(source, out, Limits(max_pages=2))
+    assert not out.exists()
+
+    assert _convert(source, out, Limits(max_pages=3)).pages == 3
+    assert _docx_text(out).count(PDF_LINES[1]) == 3

@@ -1,0 +1,393 @@
+"""md→pdf and html→pdf through WeasyPrint, called exactly as a worker calls them.
+
+Covers the text and title that come through, the relative image, and the
+confined URL fetcher: no network, nothing outside the drop folder, data: URL and
+image-size limits, and the page cap.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from converters.base import (
+    ConversionRequest,
+    ConversionResult,
+    Converter,
+    ConvertOptions,
+    Lane,
+    Limits,
+    Route,
+    WorkerContext,
+)
+from converters.errors import OptionsInvalid, TooManyPages, UnsupportedContent
+from converters.html_pdf import HtmlToPdf
+from converters.md_pdf import MarkdownToPdf
+from tests.fixtures.web_docs import (
+    CODE_LINE,
+    HTML_HEADING,
+    HTML_PARAGRAPH,
+    HTML_TABLE_CELL,
+    HTML_TITLE,
+    MD_HEADING,
+    MD_LIST_ITEM,
+    MD_PARAGRAPH,
+    MD_TABLE_CELL,
+    MD_TITLE,
+    DropFolder,
+    make_invalid_utf8_md,
+    make_markdown,
+    make_png,
+    make_png_header_only,
+)
+
+pytestmark = pytest.mark.integration
+
+SECRET_MARK = "LEAKED-SECRET-7731"
+INSIDE_MARK = "INSIDE-STYLE-4410"
+
+
+def _ctx(limits: Limits | None = None) -> WorkerContext:
+    return WorkerContext(
+        gpu_policy="cpu",
+        models_dir=None,
+        limits=limits or Limits(),
+        device="cpu",
+        runtime_kind="none",
+    )
+
+
+def _convert(
+    conv: Converter,
+    source: Path,
+    root: Path,
+    out: Path,
+    *,
+    limits: Limits | None = None,
+    options: ConvertOptions | None = None,
+) -> ConversionResult:
+    ctx = _ctx(limits)
+    assert conv.problems(ctx) == []
+    conv.warm(ctx)
+    return conv.convert(ConversionRequest(source, out, options or ConvertOptions(), root), ctx)
+
+
+def _pdf_text(path: Path) -> str:
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(path))
+    try:
+        return "\n".join(page.get_textpage().get_text_range() for page in document)
+    finally:
+        document.close()
+
+
+def _pdf_title(path: Path) -> str:
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(path))
+    try:
+        return str(document.get_metadata_dict().get("Title", ""))
+    finally:
+        document.close()
+
+
+def _pdf_image_count(path: Path) -> int:
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    document = pdfium.PdfDocument(str(path))
+    try:
+        return sum(
+            len(list(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=5)))
+            for page in document
+        )
+    finally:
+        document.close()
+
+
+# --- an audit hook that sees every file Python opens ------------------------
+
+_OPENED: list[str] = []
+_RECORDING = threading.Event()
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if _RECORDING.is_set() and event == "open" and args and isinstance(args[0], (str, Path)):
+        _OPENED.append(str(args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture
+def opened_files() -> Iterator[list[str]]:
+    _OPENED.clear()
+    _RECORDING.set()
+    try:
+        yield _OPENED
+    finally:
+        _RECORDING.clear()
+
+
+# --- a local web server that records every request --------------------------
+
+
+@pytest.fixture
+def web_server() -> Iterator[tuple[str, list[str]]]:
+    hits: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            hits.append(self.path)
+            body = b"body::after { content: 'FROM-THE-NETWORK' }"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/css")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _drop_html(tmp_path: Path, body: str, head: str = "") -> DropFolder:
+    root = tmp_path / "drop"
+    root.mkdir(exist_ok=True)
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    document = state / "job.html"
+    document.write_text(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>t</title>{head}</head>"
+        f"<body><h1>Probe</h1>{body}</body></html>",
+        encoding="utf-8",
+    )
+    return DropFolder(root=root, document=document)
+
+
+# --- routes -----------------------------------------------------------------
+
+
+def test_converters_declare_their_routes() -> None:
+    assert (MarkdownToPdf().route, MarkdownToPdf().lane) == (Route("md", "pdf"), Lane.CPU)
+    assert (HtmlToPdf().route, HtmlToPdf().lane) == (Route("html", "pdf"), Lane.CPU)
+    assert MarkdownToPdf().name == "weasyprint"
+    assert set(MarkdownToPdf().versions()) == {"pandoc", "weasyprint"}
+
+
+def test_markdown_to_pdf_keeps_text_and_front_matter_title(tmp_path: Path) -> None:
+    source = make_markdown(tmp_path / "field-report.md")
+    out = tmp_path / "out.pdf"
+    result = _convert(MarkdownToPdf(), source, tmp_path, out)
+
+    assert out.read_bytes().startswith(b"%PDF-")
+    text = _pdf_text(out)
+    for words in (MD_TITLE, MD_HEADING, MD_PARAGRAPH, MD_LIST_ITEM, MD_TABLE_CELL, CODE_LINE):
+        assert words in text
+    assert "1 / 1" in text  # page number footer from print.css
+    assert _pdf_title(out) == MD_TITLE
+    assert result.pages == 1
+    assert result.warnings == []
+
+
+def test_markdown_title_falls_back_to_first_heading(tmp_path: Path) -> None:
+    source = make_markdown(tmp_path / "notes.md", front_matter=False)
+    out = tmp_path / "out.pdf"
+    _convert(MarkdownToPdf(), source, tmp_path, out)
+
+    assert _pdf_title(out) == MD_HEADING
+    assert _pdf_text(out).count(MD_HEADING) == 1  # no extra title block
+
+
+def test_markdown_title_falls_back_to_file_stem(tmp_path: Path) -> None:
+    source = tmp_path / "meeting-minutes.md"
+    source.write_text("Nothing but a paragraph here.\n", encoding="utf-8")
+    out = tmp_path / "out.pdf"
+    _convert(MarkdownToPdf(), source, tmp_path, out)
+
+    assert _pdf_title(out) == "meeting-minutes"
+    assert "Nothing but a paragraph here." in _pdf_text(out)
+
+
+def test_markdown_invalid_utf8_is_refused(tmp_path: Path) -> None:
+    source = make_invalid_utf8_md(tmp_path / "latin1.md")
+    with pytest.raises(UnsupportedContent):
+        _convert(MarkdownToPdf(), source, tmp_path, tmp_path / "out.pdf")
+
+
+def test_markdown_profile_stylesheet_replaces_print_css(tmp_path: Path) -> None:
+    profile = tmp_path / "profile"
+    profile.mkdir()
+    sheet = profile / "house.css"
+    sheet.write_text(f"h1::before {{ content: '{INSIDE_MARK} ' }}", encoding="utf-8")
+    source = make_markdown(tmp_path / "report.md")
+    out = tmp_path / "out.pdf"
+    _convert(MarkdownToPdf(), source, tmp_path, out, options=ConvertOptions(stylesheet=sheet))
+
+    text = _pdf_text(out)
+    assert INSIDE_MARK in text
+    assert "1 / 1" not in text  # the default footer is gone with print.css
+
+    with pytest.raises(OptionsInvalid):
+        _convert(
+            MarkdownToPdf(),
+            source,
+            tmp_path,
+            tmp_path / "again.pdf",
+            options=ConvertOptions(stylesheet=profile / "missing.css"),
+        )
+
+
+def test_html_to_pdf_keeps_text_title_and_relative_image(web_drop: DropFolder) -> None:
+    out = web_drop.root.parent / "out.pdf"
+    result = _convert(HtmlToPdf(), web_drop.document, web_drop.root, out)
+
+    text = _pdf_text(out)
+    for words in (HTML_HEADING, HTML_PARAGRAPH, HTML_TABLE_CELL):
+        assert words in text
+    assert _pdf_title(out) == HTML_TITLE
+    assert _pdf_image_count(out) == 1  # images/figure.png resolved from the drop folder
+    assert result.warnings == []
+
+
+# --- the confined fetcher ---------------------------------------------------
+
+
+def test_remote_urls_are_never_fetched(tmp_path: Path, web_server: tuple[str, list[str]]) -> None:
+    base, hits = web_server
+    drop = _drop_html(
+        tmp_path,
+        f"<img src='{base}/x.png'><object data='{base}/o.png'></object>"
+        f"<div style=\"background: url('{base}/bg.png')\">bg</div>",
+        head=f"<link rel='stylesheet' href='{base}/s.css'>"
+        f"<style>@import url('{base}/i.css'); @font-face {{ font-family: Net; "
+        f"src: url('{base}/f.woff') }} p {{ font-family: Net }}</style>",
+    )
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf(), drop.document, drop.root, out)
+
+    assert hits == []
+    assert "FROM-THE-NETWORK" not in _pdf_text(out)
+    assert "Probe" in _pdf_text(out)
+    assert result.warnings == ["remote_resource_blocked"]
+
+
+def test_markdown_remote_image_is_never_fetched(
+    tmp_path: Path, web_server: tuple[str, list[str]]
+) -> None:
+    base, hits = web_server
+    source = tmp_path / "remote.md"
+    source.write_text(f"# Remote\n\n![chart]({base}/chart.png)\n", encoding="utf-8")
+    out = tmp_path / "out.pdf"
+    result = _convert(MarkdownToPdf(), source, tmp_path, out)
+
+    assert hits == []
+    assert result.warnings == ["remote_resource_blocked"]
+    assert "Remote" in _pdf_text(out)
+
+
+def test_files_outside_the_drop_folder_are_not_read(
+    tmp_path: Path, opened_files: list[str]
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    leak = outside / "leak.css"
+    leak.write_text(f"body::after {{ content: '{SECRET_MARK}' }}", encoding="utf-8")
+    drop = _drop_html(
+        tmp_path,
+        "<img src='file:///etc/passwd'><iframe src='file:///etc/passwd'></iframe>"
+        "<object data='file:///etc/passwd'></object><embed src='file:///etc/passwd'>"
+        "<svg width='20' height='20'><image href='file:///etc/passwd' width='9' height='9'/>"
+        "<use href='file:///etc/passwd#x'/></svg>"
+        "<a rel='attachment' href='file:///etc/passwd'>attached</a>"
+        "<p>body text</p>",
+        head="<link rel='stylesheet' href='file:///etc/passwd'>"
+        "<link rel='attachment' href='file:///etc/passwd'>"
+        "<link rel='stylesheet' href='../outside/leak.css'>"
+        "<link rel='stylesheet' href='linked.css'>"
+        "<link rel='stylesheet' href='inside.css'>"
+        "<style>@import url('file:///etc/passwd');</style>",
+    )
+    (drop.root / "inside.css").write_text(
+        f"h1::after {{ content: ' {INSIDE_MARK}' }}", encoding="utf-8"
+    )
+    (drop.root / "linked.css").symlink_to(leak)  # a link inside the folder pointing out
+    out = tmp_path / "out.pdf"
+    opened_files.clear()
+    result = _convert(HtmlToPdf(), drop.document, drop.root, out)
+
+    text = _pdf_text(out)
+    assert INSIDE_MARK in text  # control: files in the drop folder are served
+    assert SECRET_MARK not in text
+    assert "root:" not in text
+    assert "/etc/passwd" not in opened_files
+    assert str(leak) not in opened_files
+    assert str(drop.root / "inside.css") in opened_files
+    assert result.warnings == ["local_resource_blocked"]
+
+
+def test_data_urls_over_the_limit_are_refused(tmp_path: Path) -> None:
+    import random
+
+    from PIL import Image
+
+    small = make_png(tmp_path / "small.png", (4, 4)).read_bytes()
+    noise = Image.frombytes("RGB", (40, 40), random.Random(7).randbytes(40 * 40 * 3))
+    noise.save(tmp_path / "big.png")
+    big = (tmp_path / "big.png").read_bytes()
+    assert len(small) < 500 < 3000 < len(big)
+
+    def data_url(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    drop = _drop_html(tmp_path, f"<img src='{data_url(small)}'><img src='{data_url(big)}'>")
+    out = tmp_path / "out.pdf"
+    limits = Limits(max_data_url_bytes=2000)
+    result = _convert(HtmlToPdf(), drop.document, drop.root, out, limits=limits)
+
+    assert _pdf_image_count(out) == 1  # the small one only
+    assert result.warnings == ["data_url_too_large"]
+
+
+def test_images_over_the_pixel_limit_are_refused(tmp_path: Path) -> None:
+    drop = _drop_html(tmp_path, "<img src='giant.png'><img src='small.png'>")
+    # 30000 x 30000 claimed by a file of a few hundred bytes: never decoded
+    make_png_header_only(drop.root / "giant.png", 30_000, 30_000)
+    make_png(drop.root / "small.png", (20, 20))
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf(), drop.document, drop.root, out)
+
+    assert _pdf_image_count(out) == 1
+    assert result.warnings == ["image_too_large"]
+
+    strict = Limits(max_pixels=100)
+    result = _convert(HtmlToPdf(), drop.document, drop.root, tmp_path / "strict.pdf", limits=strict)
+    assert _pdf_image_count(tmp_path / "strict.pdf") == 0
+    assert result.warnings == ["image_too_large"]
+
+
+def test_rendered_page_cap(tmp_path: Path) -> None:
+    pages = "".join(f"<p style='break-after: page'>page {i}</p>" for i in range(3))
+    drop = _drop_html(tmp_path, pages)
+    out = tmp_path / "out.pdf"
+    with pytest.raises(TooManyPages):
+        _convert(HtmlToPdf(), drop.document, drop.root, out, limits=Limits(max_pages=2))
+    assert not out.exists()
+
+    result = _convert(HtmlToPdf(), drop.document, drop.root, out, limits=Limits(max_pages=3))
+    assert result.pages == 3
