@@ -77,10 +77,10 @@ def package_versions(names: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def docling_problem() -> str | None:
+def docling_problem() -> DependencyMissing | None:
     """Why docling cannot be used here, or None."""
     if importlib.util.find_spec("docling") is None:
-        return "docling is not installed (pip install docling)"
+        return DependencyMissing("docling is not installed (pip install docling)")
     return None
 
 
@@ -266,7 +266,7 @@ def run_docling(
         )
     if status == ConversionStatus.SKIPPED:
         raise UnsupportedContent(
-            f"{display_name} is not a {source} document docling accepts: {detail}"
+            f"{display_name} is not a .{source} document (docling sees another format): {detail}"
         )
     if not result.input.valid:
         raise CorruptInput(f"{display_name} could not be read as {source}: {detail}")

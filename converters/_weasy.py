@@ -217,11 +217,11 @@ def weasyprint_version() -> str:
         return "missing"
 
 
-def weasyprint_problems() -> list[str]:
+def weasyprint_problems() -> list[SirError]:
     try:
         import weasyprint  # noqa: F401
     except (ImportError, OSError) as exc:  # OSError: Pango/HarfBuzz libraries missing
-        return [f"weasyprint unavailable: {exc}"]
+        return [DependencyMissing(f"weasyprint unavailable: {exc}")]
     return []
 
 

@@ -13,6 +13,8 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from converters.errors import SirError
+
 __all__ = [
     "AccelerationInfo",
     "ConversionRequest",
@@ -128,8 +130,9 @@ class Converter(Protocol):
         """Versions of the libraries and tools used, for the sidecar."""
         ...
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
-        """Why this route cannot run here (empty when it can)."""
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
+        """Why this route cannot run here (empty when it can), as typed errors
+        (``models_missing``, ``dependency_missing``…) so readiness reports codes."""
         ...
 
     def warm(self, ctx: WorkerContext) -> None:

@@ -22,6 +22,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
+from converters.errors import SirError
 
 if TYPE_CHECKING:
     from docling.document_converter import DocumentConverter
@@ -83,7 +84,7 @@ class DoclingSimpleToMarkdown:
     def versions(self) -> dict[str, str]:
         return package_versions((*DOCLING_PACKAGES, SIMPLE_SOURCES[self.source]))
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
         problem = docling_problem()
         return [problem] if problem is not None else []
 

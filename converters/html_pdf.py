@@ -16,6 +16,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
+from converters.errors import SirError
 
 __all__ = ["HtmlToPdf"]
 
@@ -28,7 +29,7 @@ class HtmlToPdf:
     def versions(self) -> dict[str, str]:
         return {"weasyprint": weasyprint_version()}
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
         return weasyprint_problems()
 
     def warm(self, ctx: WorkerContext) -> None:

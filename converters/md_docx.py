@@ -10,7 +10,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
-from converters.errors import SirError
+from converters.errors import DependencyMissing, SirError
 from converters.text import read_text_input
 
 __all__ = ["MarkdownToDocx", "pandoc_to_docx"]
@@ -35,11 +35,13 @@ class MarkdownToDocx:
     def versions(self) -> dict[str, str]:
         return {"pandoc": pandoc_version()}
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
         try:
             pandoc_version()
-        except (SirError, OSError) as exc:
-            return [f"pandoc unavailable: {exc}"]
+        except SirError as exc:
+            return [exc]
+        except OSError as exc:
+            return [DependencyMissing(f"pandoc unavailable: {exc}")]
         return []
 
     def warm(self, ctx: WorkerContext) -> None:

@@ -19,7 +19,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
-from converters.errors import SirError
+from converters.errors import DependencyMissing, SirError
 from converters.text import read_text_input
 
 __all__ = ["MarkdownToPdf", "markdown_to_html"]
@@ -83,12 +83,14 @@ class MarkdownToPdf:
     def versions(self) -> dict[str, str]:
         return {"pandoc": pandoc_version(), "weasyprint": weasyprint_version()}
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
-        found: list[str] = []
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
+        found: list[SirError] = []
         try:
             pandoc_version()
-        except (SirError, OSError) as exc:
-            found.append(f"pandoc unavailable: {exc}")
+        except SirError as exc:
+            found.append(exc)
+        except OSError as exc:
+            found.append(DependencyMissing(f"pandoc unavailable: {exc}"))
         return found + weasyprint_problems()
 
     def warm(self, ctx: WorkerContext) -> None:

@@ -99,12 +99,14 @@ class PdfToDocx:
             "pypdfium2": _version("pypdfium2"),
         }
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
         try:
             _load_pdf2docx()
             import pypdfium2  # noqa: F401
-        except (SirError, ImportError, OSError) as exc:
-            return [f"pdf2docx unavailable: {exc}"]
+        except SirError as exc:
+            return [exc]
+        except (ImportError, OSError) as exc:
+            return [DependencyMissing(f"pdf2docx unavailable: {exc}")]
         return []
 
     def warm(self, ctx: WorkerContext) -> None:

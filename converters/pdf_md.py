@@ -45,7 +45,13 @@ from converters.base import (
     Route,
     WorkerContext,
 )
-from converters.errors import CorruptInput, EncryptedInput, ModelsMissing, TooManyPages
+from converters.errors import (
+    CorruptInput,
+    EncryptedInput,
+    ModelsMissing,
+    SirError,
+    TooManyPages,
+)
 from converters.models import (
     LAYOUT,
     RAPIDOCR,
@@ -143,27 +149,32 @@ class PdfToMarkdown:
     def versions(self) -> dict[str, str]:
         return package_versions((*DOCLING_PACKAGES, *_MODEL_PACKAGES))
 
-    def problems(self, ctx: WorkerContext) -> list[str]:
-        out: list[str] = []
+    def problems(self, ctx: WorkerContext) -> list[SirError]:
+        out: list[SirError] = []
         problem = docling_problem()
         if problem is not None:
             out.append(problem)
+        models_problem = self._models_problem(ctx)
+        if models_problem is not None:
+            out.append(models_problem)
+        return out
+
+    def _models_problem(self, ctx: WorkerContext) -> ModelsMissing | None:
         if ctx.models_dir is None:
-            out.append(
+            return ModelsMissing(
                 f"models_dir is not set; the PDF route needs its model artifacts ({_FETCH_HINT})"
             )
-        elif missing_files(ctx.models_dir, LAYOUT):
-            out.append(_models_missing(ctx.models_dir, LAYOUT, "layout model").message)
-        return out
+        if missing_files(ctx.models_dir, LAYOUT):
+            return _models_missing(ctx.models_dir, LAYOUT, "the layout model is required")
+        return None
 
     def _models_dir(self, ctx: WorkerContext) -> Path:
         """models_dir with the layout model in it, or ModelsMissing (a few stat calls)."""
-        if ctx.models_dir is None:
-            raise ModelsMissing(
-                f"models_dir is not set; the PDF route needs models ({_FETCH_HINT})"
-            )
-        if missing_files(ctx.models_dir, LAYOUT):
-            raise _models_missing(ctx.models_dir, LAYOUT, "the layout model is required")
+        problem = self._models_problem(ctx)
+        if problem is not None:
+            raise problem
+        if ctx.models_dir is None:  # covered above; narrows the type
+            raise ModelsMissing("models_dir is not set")
         return ctx.models_dir
 
     def _table_mode(

@@ -3,6 +3,12 @@
 Results are cached briefly and a check is only reported failing after two
 consecutive failures (or if it never passed), so one slow probe never flaps
 /readyz.
+
+Model artifacts are checked here, in the main process, on every evaluation
+(a few ``stat`` calls, nothing imported): a worker reports its problems once,
+when it starts, so trusting that report would keep a daemon unready after the
+models were provisioned. The PDF route looks its models up per job, so a
+worker started before they arrived uses them as soon as they are there.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from converters.base import Lane
 from converters.errors import SirError
+from converters.models import check_models
 from daemon.config import check_data_roots
 from daemon.revision import code_dirs
 
@@ -216,19 +223,30 @@ class Readiness:
         return self._ok("converters")
 
     def _models(self) -> CheckResult:
-        missing = {
-            r: p
-            for r, p in self._problems().items()
-            if any(x.startswith("models_missing") for x in p)
+        models_dir = self.service.settings.models_dir
+        report = check_models(models_dir)
+        served = {str(route) for route in self.service.registry.routes()}
+        missing: dict[str, list[str]] = {
+            route: [
+                f"models_missing: {a.folder} lacks {', '.join(a.missing_files)}"
+                for a in report.artifacts
+                if a.required and not a.present
+            ]
+            for route, ready in report.routes.items()
+            if route in served and not ready
         }
+        # Routes the catalogue does not cover: trust what their workers reported.
+        for route, items in self._problems().items():
+            if route not in report.routes and any(x.startswith("models_missing") for x in items):
+                missing[route] = items
         if missing:
             return self._fail(
                 "models",
                 "model artifacts are missing for some routes",
                 routes=missing,
-                models_dir=str(self.service.settings.models_dir),
+                models_dir=str(models_dir) if models_dir is not None else None,
             )
-        return self._ok("models")
+        return self._ok("models", models_dir=str(models_dir) if models_dir is not None else None)
 
     def _gpu(self) -> CheckResult:
         settings = self.service.settings

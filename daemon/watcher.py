@@ -23,8 +23,8 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon.settle import Arrival
@@ -52,7 +52,8 @@ class _Handler(FileSystemEventHandler):
             # A folder moved in whole: its files arrived by rename; scan them.
             self._loop.call_soon_threadsafe(self._rescan)
         elif isinstance(event, FileMovedEvent):
-            self._emit(Arrival.RENAMED, event.dest_path)
+            if event.dest_path:  # empty when it was moved out of the inbox
+                self._emit(Arrival.RENAMED, event.dest_path)
         elif isinstance(event, FileClosedEvent):
             self._emit(Arrival.CLOSED, event.src_path)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
@@ -64,7 +65,11 @@ class InboxWatcher:
         self.inbox = inbox
         self.polling = polling
         self._observer: BaseObserver = (
-            PollingObserver(timeout=polling_interval) if polling else Observer()
+            PollingObserver(timeout=polling_interval)
+            if polling
+            # Full events: a file moved in from outside the inbox is reported as a
+            # move (complete), not as a creation (which would wait for a close).
+            else InotifyObserver(generate_full_events=True)
         )
 
     @property

@@ -50,8 +50,6 @@ def main() -> int:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    from converters.sniff import check_input
-
     from converters.base import (
         ConversionRequest,
         ConvertOptions,
@@ -61,6 +59,7 @@ def main() -> int:
     )
     from converters.errors import ConverterFailed, SirError
     from converters.registry import default_registry
+    from converters.sniff import check_input
 
     hello = json.loads(sys.stdin.readline())
     lane = Lane(hello["lane"])
@@ -102,7 +101,7 @@ def main() -> int:
         route = str(conv.route)
         try:
             versions[route] = conv.versions()
-            problems[route] = conv.problems(ctx)
+            problems[route] = [f"{p.code}: {p.message}" for p in conv.problems(ctx)]
             if not problems[route] and startup_error is None:
                 conv.warm(ctx)
         except SirError as exc:

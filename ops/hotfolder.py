@@ -49,6 +49,13 @@ class Readiness:
         value = self.body.get("revision")
         return value if isinstance(value, str) else None
 
+    @property
+    def codes(self) -> list[str]:
+        found = self.body.get("reasons")
+        if not isinstance(found, list):
+            return []
+        return [str(r.get("code")) for r in found if isinstance(r, dict)]
+
     def reasons(self) -> list[str]:
         """Human lines: the readiness reasons, or why nothing answered."""
         if self.error:

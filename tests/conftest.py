@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = [
+    "tests.fixtures.docling_artifacts",
     "tests.fixtures.office_docs",
     "tests.fixtures.web_docs",
     "tests.fixtures.daemon",

@@ -29,6 +29,7 @@ from converters.errors import (
     GpuUnavailable,
     ModelsMissing,
     TooManyPages,
+    UnsupportedContent,
 )
 from converters.markdown import normalize_markdown
 from converters.models import (
@@ -57,7 +58,6 @@ from tests.fixtures.office_docs import (
     make_text_pdf,
 )
 
-pytest_plugins = ["tests.fixtures.docling_artifacts", "tests.fixtures.office_docs"]
 pytestmark = pytest.mark.integration
 
 
@@ -182,7 +182,9 @@ def test_missing_layout_model_is_models_missing(tmp_path: Path, text_pdf: Path) 
     conv = PdfToMarkdown()
     ctx = _ctx(tmp_path / "empty-models")
     problems = conv.problems(ctx)
-    assert problems and LAYOUT.folder in problems[0]
+    assert [p.code for p in problems] == ["models_missing"]
+    assert LAYOUT.folder in problems[0].message
+    assert [p.code for p in conv.problems(_ctx(None))] == ["models_missing"]
     with pytest.raises(ModelsMissing) as err:
         _convert(conv, ctx, text_pdf, ocr="off")
     assert LAYOUT.folder in err.value.message
@@ -380,6 +382,15 @@ def test_corrupt_docx_is_corrupt_input(simple_ctx: WorkerContext, tmp_path: Path
     bad.write_bytes(b"PK\x03\x04 definitely not a word document")
     with pytest.raises(CorruptInput):
         _convert(_simple("docx", simple_ctx), simple_ctx, bad)
+
+
+def test_a_pdf_posing_as_docx_is_unsupported_content(
+    simple_ctx: WorkerContext, text_pdf: Path, tmp_path: Path
+) -> None:
+    fake = tmp_path / "fake.docx"
+    fake.write_bytes(text_pdf.read_bytes())
+    with pytest.raises(UnsupportedContent):
+        _convert(_simple("docx", simple_ctx), simple_ctx, fake)
 
 
 def test_one_warm_converter_serves_many_jobs(simple_ctx: WorkerContext, tmp_path: Path) -> None:

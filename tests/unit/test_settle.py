@@ -2,9 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path, PurePosixPath
 
+from daemon.config import DEFAULT_ASSET_EXTENSIONS, DEFAULT_IGNORE_DIRS, DEFAULT_IGNORE_PATTERNS
 from daemon.durable import unique_name
 from daemon.ignore import IgnoreRules
-from daemon.config import DEFAULT_ASSET_EXTENSIONS, DEFAULT_IGNORE_DIRS, DEFAULT_IGNORE_PATTERNS
 from daemon.layout import DataRoot
 from daemon.settle import Arrival, SettleTracker
 
