@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from daemon.service import Service
 
 __all__ = ["READINESS", "SERVICE", "make_app", "status_payload"]
+
+log = structlog.get_logger("sir_convert_a_lot.http")
 
 SERVICE: web.AppKey[Service] = web.AppKey("service")
 READINESS: web.AppKey[Readiness] = web.AppKey("readiness")
@@ -90,16 +93,25 @@ def status_payload(service: Service) -> dict[str, Any]:
                         "running_seconds": round(now - slot.busy_since, 3),
                     }
                 )
+    running = {item["job_id"] for item in in_flight}
+    waiting = [j for j in service.lifecycle.active.values() if j.id not in running]
+    # A job being published or failed is done converting: it is not "queued".
     queued = [
         {"job_id": job.id, "file": job.record.relative_path}
-        for job in service.lifecycle.active.values()
-        if job.id not in {item["job_id"] for item in in_flight}
+        for job in waiting
+        if job.record.phase in ("claiming", "claimed")
+    ]
+    finishing = [
+        {"job_id": job.id, "file": job.record.relative_path, "phase": job.record.phase}
+        for job in waiting
+        if job.record.phase not in ("claiming", "claimed")
     ]
     return {
         **_identity(service),
         "pending_in_inbox": len(service.tracker),
         "queue": queued,
         "in_flight": in_flight,
+        "finishing": finishing,
         "lanes": {
             lane.value: {
                 "workers": len(pool.slots),
@@ -117,28 +129,31 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(status_payload(request.app[SERVICE]))
 
 
+def _refresh(service: Service, readiness: Readiness) -> None:
+    """Re-run every check (which pauses or resumes intake), and tell systemd."""
+    ready, _ = readiness.evaluate(force=True)
+    if service.stopping.is_set():
+        return  # STOPPING=1 and STATUS=draining were sent; say nothing that contradicts them
+    summary = (
+        f"{'ready' if ready else 'not ready'}; pending {len(service.tracker)}, "
+        f"active {len(service.lifecycle.active)}"
+    )
+    if ready and not service.notifier.ready_sent:
+        service.notifier.ready(summary)
+    else:
+        service.notifier.status(summary)
+
+
 async def _refresher(app: web.Application) -> AsyncIterator[None]:
     service, readiness = app[SERVICE], app[READINESS]
 
     async def loop() -> None:
         while True:
-            ready, results = readiness.evaluate(force=True)
-            service.intake_paused_reason = next(
-                (
-                    r.code
-                    for r in results
-                    if not r.ok and r.code in ("disk_low", "data_root_unwritable")
-                ),
-                None,
-            )
-            summary = (
-                f"{'ready' if ready else 'not ready'}; pending {len(service.tracker)}, "
-                f"active {len(service.lifecycle.active)}"
-            )
-            if ready and not service.notifier.ready_sent:
-                service.notifier.ready(summary)
-            else:
-                service.notifier.status(summary)
+            try:
+                _refresh(service, readiness)
+            except Exception:
+                # One bad round must not end the loop: it also resumes intake and sends READY=1.
+                log.exception("readiness_refresh_failed")
             await asyncio.sleep(REFRESH_SECONDS)
 
     task = asyncio.create_task(loop())

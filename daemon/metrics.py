@@ -1,22 +1,32 @@
 """Prometheus metrics, on a registry of our own (never the global one).
 
 Labels are bounded: profile, route, lane, outcome, error code, reason, check.
-File names never appear in labels.
+File names never appear in labels: a route label is one the registry serves, or
+``unknown`` (a file named ``x.zebra`` in ``inbox/to-md/`` would otherwise put its
+extension into ``route="zebra->md"``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
-__all__ = ["Metrics"]
+__all__ = ["UNKNOWN_ROUTE", "Metrics"]
 
 NS = "sir_convert_a_lot"
+UNKNOWN_ROUTE = "unknown"
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
 
 class Metrics:
-    def __init__(self, profile: str) -> None:
+    def __init__(self, profile: str, routes: Iterable[str] | None = None) -> None:
+        if routes is None:
+            from converters.registry import default_registry
+
+            routes = (str(route) for route in default_registry().routes())
         self.profile = profile
+        self.routes = frozenset(routes)
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.jobs = Counter(
@@ -94,5 +104,9 @@ class Metrics:
         )
         self.build_info = Info(f"{NS}_build", "Version, revision and profile.", registry=r)
 
+    def route_label(self, route: str) -> str:
+        """``route`` if the registry serves it, else ``unknown``: never a file's own name."""
+        return route if route in self.routes else UNKNOWN_ROUTE
+
     def job_finished(self, route: str, outcome: str, code: str) -> None:
-        self.jobs.labels(self.profile, route, outcome, code).inc()
+        self.jobs.labels(self.profile, self.route_label(route), outcome, code).inc()

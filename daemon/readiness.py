@@ -30,7 +30,7 @@ from daemon.revision import code_dirs
 if TYPE_CHECKING:
     from daemon.service import Service
 
-__all__ = ["CHECKS", "CheckResult", "Readiness"]
+__all__ = ["CHECKS", "INTAKE_BLOCKERS", "CheckResult", "Readiness"]
 
 # check name -> the reason code it reports when failing
 CHECKS: dict[str, str] = {
@@ -46,6 +46,8 @@ CHECKS: dict[str, str] = {
     "gpu": "gpu_unavailable",
 }
 PROFILE_MARKER = "profile"
+# Failing checks that stop new claims (a claim would fail, or fill the disk).
+INTAKE_BLOCKERS = ("data_root_unwritable", "disk_low")
 
 
 @dataclass
@@ -84,6 +86,10 @@ class Readiness:
             for result in self._results:
                 metrics.readiness_check.labels(result.name).set(1 if result.ok else 0)
             metrics.ready.set(1 if all(r.ok for r in self._results) else 0)
+            # Whoever evaluates (the refresher, a /readyz request), intake follows at once.
+            self.service.intake_paused_reason = next(
+                (r.code for r in self._results if not r.ok and r.code in INTAKE_BLOCKERS), None
+            )
         return all(r.ok for r in self._results), self._results
 
     def _debounced(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult:
@@ -240,9 +246,11 @@ class Readiness:
             if route not in report.routes and any(x.startswith("models_missing") for x in items):
                 missing[route] = items
         if missing:
+            where = f"in {models_dir}" if models_dir is not None else "(models_dir is not set)"
             return self._fail(
                 "models",
-                "model artifacts are missing for some routes",
+                f"model artifacts are missing {where} for {', '.join(sorted(missing))}; "
+                "run `sir-convert-a-lot models fetch` or copy a fetched folder there",
                 routes=missing,
                 models_dir=str(models_dir) if models_dir is not None else None,
             )
