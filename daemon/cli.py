@@ -43,14 +43,10 @@ async def _serve(settings: Settings, profile: ProfileSettings) -> None:
     from aiohttp import web
 
     from daemon.http import make_app
-    from daemon.readiness import PROFILE_MARKER
     from daemon.service import Service
 
     service = Service(settings, profile)
     await service.start()
-    marker = service.root.state / PROFILE_MARKER
-    if not marker.exists():
-        marker.write_text(profile.name + "\n", encoding="utf-8")
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, profile.http_host, profile.http_port)
@@ -78,6 +74,7 @@ async def _check(settings: Settings, profile: ProfileSettings, timeout: float) -
 
     service = Service(settings, profile)
     service.root.create()
+    service.root.adopt(profile.name)
     service.last_rescan = float("inf")  # the watcher is not started in a check
     for pool in service.pools.values():
         await pool.start()
@@ -109,15 +106,14 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from daemon.layout import DataRoot
-    from daemon.readiness import PROFILE_MARKER
 
     _, profile = _load(args)
     root = DataRoot(profile.data_root)
     root.create()
-    marker = root.state / PROFILE_MARKER
-    if marker.exists() and marker.read_text(encoding="utf-8").strip() != profile.name:
-        raise ConfigError(f"{root.root} already belongs to profile {marker.read_text().strip()!r}")
-    marker.write_text(profile.name + "\n", encoding="utf-8")
+    owner = root.owner()
+    if owner is not None and owner != profile.name:
+        raise ConfigError(f"{root.root} already belongs to profile {owner!r}")
+    root.adopt(profile.name)
     for folder in root.folders():
         print(folder)
     return 0

@@ -107,6 +107,22 @@ class DataRoot:
                 f"so that moves are atomic renames: {detail}"
             )
 
+    @property
+    def profile_marker(self) -> Path:
+        return self.state / "profile"
+
+    def owner(self) -> str | None:
+        """The profile this data root was created for, if recorded."""
+        try:
+            return self.profile_marker.read_text(encoding="utf-8").strip() or None
+        except FileNotFoundError:
+            return None
+
+    def adopt(self, profile: str) -> None:
+        """Record ``profile`` as the owner of a data root that has none yet."""
+        if self.owner() is None:
+            self.profile_marker.write_text(profile + "\n", encoding="utf-8")
+
     def inbox_relative(self, path: Path) -> PurePosixPath:
         return PurePosixPath(path.relative_to(self.inbox).as_posix())
 

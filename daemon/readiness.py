@@ -45,9 +45,8 @@ CHECKS: dict[str, str] = {
     "models": "models_missing",
     "gpu": "gpu_unavailable",
 }
-PROFILE_MARKER = "profile"
 # Failing checks that stop new claims (a claim would fail, or fill the disk).
-INTAKE_BLOCKERS = ("data_root_unwritable", "disk_low")
+INTAKE_BLOCKERS = ("data_root_unwritable", "disk_low", "profile_mismatch", "data_root_overlap")
 
 
 @dataclass
@@ -146,12 +145,10 @@ class Readiness:
         return self._ok("revision", **details)
 
     def _profile(self) -> CheckResult:
-        marker = self.service.root.state / PROFILE_MARKER
-        name = self.service.settings.name
-        try:
-            recorded = marker.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            return self._fail("profile", f"data root has no profile marker ({marker})")
+        root, name = self.service.root, self.service.settings.name
+        recorded = root.owner()
+        if recorded is None:
+            return self._fail("profile", f"data root has no profile marker ({root.profile_marker})")
         if recorded != name:
             return self._fail(
                 "profile",

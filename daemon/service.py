@@ -80,6 +80,7 @@ class Service:
         self.intake_paused_reason: str | None = None
         self._detected_at: dict[Path, datetime] = {}
         self._ignored: set[Path] = set()
+        self._rescan_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._sources = {r.source for r in self.registry.routes()} | {"htm", "markdown"}
 
@@ -111,11 +112,29 @@ class Service:
     def _is_entry_dir(self, name: str) -> bool:
         return normalize_extension(name) in self._sources
 
-    def rescan(self) -> None:
-        for path in scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir):
+    def _scan(self) -> list[Path]:
+        """Walk the inbox (blocking: runs in a thread, touches no shared state)."""
+        return list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
+
+    def _apply_scan(self, found: list[Path]) -> None:
+        """Feed a scan's findings to the tracker (in the event loop)."""
+        present = set(found)
+        for path in found:
             if path not in self.tracker:
                 self._on_event(Arrival.SCANNED, path)
+        # Forget ignored files and detection times of files that are gone, so
+        # years of rsync temp names do not accumulate in memory.
+        self._ignored &= present
+        for path in [p for p in self._detected_at if p not in present and p not in self.tracker]:
+            del self._detected_at[path]
         self.last_rescan = time.monotonic()
+
+    async def rescan(self) -> None:
+        self._apply_scan(await asyncio.to_thread(self._scan))
+
+    def request_rescan(self) -> None:
+        """Called when a folder was moved in whole: scan on the next tick."""
+        self._rescan_requested = True
 
     @staticmethod
     def _stat(path: Path) -> StatKey | None:
@@ -172,8 +191,9 @@ class Service:
             self.heartbeat = time.monotonic()
             self.notifier.watchdog()
             await self._claim_ready()
-            if time.monotonic() >= next_rescan:
-                await asyncio.to_thread(self.rescan)
+            if time.monotonic() >= next_rescan or self._rescan_requested:
+                self._rescan_requested = False
+                await self.rescan()
                 next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
             self._update_gauges()
             with contextlib.suppress(TimeoutError):
@@ -183,6 +203,7 @@ class Service:
 
     async def start(self) -> None:
         await asyncio.to_thread(self.root.create)
+        self.root.adopt(self.settings.name)
         for job in await asyncio.to_thread(self.lifecycle.recover):
             error = self.lifecycle.crash_looped(job)
             if error is not None:
@@ -192,8 +213,8 @@ class Service:
         for pool in self.pools.values():
             await pool.start()
         loop = asyncio.get_running_loop()
-        self.watcher.start(loop, self._on_event, self.rescan)
-        await asyncio.to_thread(self.rescan)
+        self.watcher.start(loop, self._on_event, self.request_rescan)
+        await self.rescan()
         log.info(
             "service_started",
             profile=self.settings.name,
