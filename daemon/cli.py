@@ -172,7 +172,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     _, profile = load_settings(config_path=args.config, profile=args.profile or "eval")
     if args.gpu_policy:
         profile = profile.model_copy(update={"gpu_policy": args.gpu_policy})
-    configure_logging("warning")
+    configure_logging("warning", stream=sys.stderr)  # stdout stays clean for scripts
     return convert_files([Path(f) for f in args.files], args.to, Path(args.output_dir), profile)
 
 

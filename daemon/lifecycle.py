@@ -276,6 +276,8 @@ class Lifecycle:
             await asyncio.to_thread(self.publisher.finish_failure, job)
         route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
         self.metrics.job_finished(route, "failed", error.code)
+        if error.code in ("not_regular_file", "unsupported_route"):
+            self.metrics.files_refused.labels(error.code).inc()
         self.failures.append(
             FailureNote(
                 job.id,

@@ -85,4 +85,6 @@ def convert_files(
     for f in files:
         if not normalize_extension(f.name):
             raise UnsupportedRoute(f"{f} has no extension to tell its format")
-    return asyncio.run(_convert(files, target, output_dir, profile))
+    # The scratch data root lives in output_dir; workers and pandoc (run with the
+    # drop folder as cwd) need its paths absolute.
+    return asyncio.run(_convert(files, target, output_dir.absolute(), profile))

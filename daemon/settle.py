@@ -6,6 +6,13 @@
   only after a close-after-write (when the observer reports closes), a quiet
   window with no events, and a size and mtime that did not change during that
   window, as seen by our own repeated ``lstat`` calls.
+* A file reported created that already holds data, with no write seen, was
+  written before its folder was watched (``mkdir d && cp x d/``, unpacking an
+  archive): its close may have been missed, so it settles like a scanned file,
+  on the quiet window and stable size alone. Once a write is seen, a close is
+  needed again. A created file that is still empty keeps waiting for a close.
+
+See docs/settling.md for what each kind of writer looks like here.
 
 The tracker is pure logic over an injected clock and stat function, so it is
 unit-tested without a filesystem.
@@ -25,7 +32,8 @@ StatKey = tuple[int, int]  # (size, mtime_ns)
 
 class Arrival(enum.Enum):
     RENAMED = "renamed"  # appeared by a rename into the inbox: complete
-    WRITTEN = "written"  # created or modified in place
+    CREATED = "created"  # created in place (its writes may predate our watch)
+    WRITTEN = "written"  # data written in place: a close will follow
     CLOSED = "closed"  # a writer closed it after writing
     SCANNED = "scanned"  # found by a scan, no event seen
 
@@ -36,6 +44,7 @@ class _Pending:
     last_event: float
     renamed: bool
     closed: bool
+    wrote: bool = False  # a data write was seen since the last close
     stat: StatKey | None = None
     stable_since: float = 0.0
 
@@ -79,9 +88,11 @@ class SettleTracker:
             entry.closed = True
         elif arrival is Arrival.CLOSED:
             entry.closed = True
-        else:  # WRITTEN: more data may come
+            entry.wrote = False
+        else:  # CREATED or WRITTEN: more data may come
             entry.renamed = False
             entry.closed = False
+            entry.wrote = arrival is Arrival.WRITTEN
             entry.stat = None
 
     def forget(self, path: Path) -> None:
@@ -102,7 +113,9 @@ class SettleTracker:
                 entry.stat = current
                 entry.stable_since = now
                 continue
-            if self.require_close and not entry.closed:
+            if self.require_close and not entry.closed and (entry.wrote or current[0] == 0):
+                # Written while watched (the close will be seen), or created and
+                # still empty. Data with no write seen predates the watch.
                 continue
             quiet = now - entry.last_event >= self.settle_seconds
             stable = now - entry.stable_since >= self.settle_seconds

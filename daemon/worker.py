@@ -180,7 +180,11 @@ def main() -> int:
         reply["convert_seconds"] = round(time.monotonic() - t0, 4)
         reply["rss_mb"] = round(_rss_mb(), 1)
         _send(proto, reply)
-    return 0
+    # stdin closed: the daemon wants us gone. Skip the interpreter's slow
+    # teardown of torch and friends; every reply was already flushed.
+    proto.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

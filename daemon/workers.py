@@ -212,8 +212,7 @@ class LanePool:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for worker in list(self._workers.values()):
-            await worker.stop(grace=2.0)
+        await asyncio.gather(*(w.stop(grace=5.0) for w in self._workers.values()))
         self._workers.clear()
 
     # -- slots ---------------------------------------------------------------------

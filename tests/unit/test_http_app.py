@@ -25,7 +25,7 @@ from converters.models import LAYOUT
 from daemon.config import load_settings
 from daemon.http import make_app, status_payload
 from daemon.metrics import Metrics
-from daemon.readiness import CHECKS, PROFILE_MARKER, Readiness
+from daemon.readiness import CHECKS, Readiness
 from daemon.service import Service
 
 pytestmark = pytest.mark.unit
@@ -78,7 +78,7 @@ def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Build]:
         )
         service = Service(settings, profile)
         service.root.create()
-        (service.root.state / PROFILE_MARKER).write_text("eval\n")
+        service.root.adopt("eval")
         built.append(service)
         return service
 
@@ -88,10 +88,10 @@ def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Build]:
             service.watcher.stop()
 
 
-def watch(service: Service) -> None:
+async def watch(service: Service) -> None:
     """Start the real inbox watcher and run the first scan, as Service.start does."""
-    service.watcher.start(asyncio.get_running_loop(), service._on_event, service.rescan)
-    service.rescan()
+    service.watcher.start(asyncio.get_running_loop(), service._on_event, service.request_rescan)
+    await service.rescan()
 
 
 @pytest.fixture
@@ -147,7 +147,7 @@ async def test_readyz_lists_every_check_and_a_reason_for_each_failing_one(
     build: Build, client: Callable[..., Any]
 ) -> None:
     service = build()
-    watch(service)
+    await watch(service)
     http = await client(service)
     resp = await http.get("/readyz")
     body = await resp.json()
@@ -177,7 +177,7 @@ async def test_readyz_names_configuration_and_data_root_problems(
         env={"SIR_CONVERT_A_LOT_EXPECTED_REVISION": "deployed-revision"},
         models=False,
     )
-    (service.root.state / PROFILE_MARKER).write_text("prod\n")
+    service.root.profile_marker.write_text("prod\n")
     break_tmp(service)
     http = await client(service)
     body = await (await http.get("/readyz")).json()
@@ -368,3 +368,16 @@ async def test_status_lists_queue_in_flight_lanes_and_failures(
     assert body["lanes"]["cpu"] == {"workers": 2, "warm": False, "queue_depth": 0, "outstanding": 0}
     assert body["lanes"]["gpu"]["workers"] == 1
     assert body["profile"] == "eval" and body["revision"] == REVISION
+
+
+# -- docs/health.md stays true ---------------------------------------------------------
+
+
+def test_health_md_documents_every_check_and_metric() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "health.md").read_text()
+    for name, code in CHECKS.items():
+        assert f"| `{name}` | `{code}` |" in doc, name
+    assert "`_created`" in doc  # described once for every counter and histogram
+    for name in type_lines(generate_latest(Metrics("any").registry).decode()):
+        if not name.endswith("_created"):
+            assert f"`{name}`" in doc, name
