@@ -26,7 +26,7 @@ from converters.errors import (
     TooManyPages,
     UnsupportedContent,
 )
-from converters.markdown import normalize_markdown
+from converters.markdown import normalize_markdown, separate_tables
 
 if TYPE_CHECKING:
     from docling.datamodel.document import ConversionResult as DoclingResult
@@ -274,11 +274,16 @@ def run_docling(
 
 
 def export_markdown(result: DoclingResult) -> str:
-    """docling's Markdown for a converted document (errors typed)."""
+    """docling's Markdown for a converted document (errors typed).
+
+    A table docling writes straight under a list item gets a blank line before it,
+    so Markdown readers see a table and not more text of that item.
+    """
     try:
-        return str(result.document.export_to_markdown())
+        markdown = str(result.document.export_to_markdown())
     except Exception as exc:
         raise map_docling_error(exc, what="exporting Markdown") from exc
+    return separate_tables(markdown)
 
 
 def write_markdown(path: Path, markdown: str, *, normalize: bool) -> str:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import functools
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from converters.errors import ConverterFailed, DependencyMissing, Timeout
 
-__all__ = ["pandoc_path", "pandoc_version", "run_pandoc"]
+__all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
 
 PANDOC_TIMEOUT_SECONDS = 300
+# The same codes the WeasyPrint routes use for a resource they did not load.
+LOCAL_RESOURCE_BLOCKED = "local_resource_blocked"
+REMOTE_RESOURCE_BLOCKED = "remote_resource_blocked"
+_NOT_FETCHED = re.compile(r"Could not fetch resource (\S+?):? ")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @functools.cache
@@ -40,11 +46,28 @@ def pandoc_version() -> str:
     return first.split()[-1]
 
 
-def run_pandoc(args: list[str], *, cwd: Path, timeout: float = PANDOC_TIMEOUT_SECONDS) -> str:
+def resource_warnings(stderr: str) -> list[str]:
+    """Warning codes for the images/resources pandoc's sandbox did not fetch."""
+    found = {
+        REMOTE_RESOURCE_BLOCKED if _URL.match(target) else LOCAL_RESOURCE_BLOCKED
+        for target in _NOT_FETCHED.findall(stderr)
+    }
+    return sorted(found)
+
+
+def run_pandoc(
+    args: list[str],
+    *,
+    cwd: Path,
+    timeout: float = PANDOC_TIMEOUT_SECONDS,
+    warnings: list[str] | None = None,
+) -> str:
     """Run pandoc in its sandbox and return stdout; failures become typed errors.
 
     ``--sandbox`` limits pandoc's reads to the files named on the command line, so
-    a document cannot include ``/etc/passwd`` or fetch a URL.
+    a document cannot include ``/etc/passwd`` or fetch a URL. A resource it
+    therefore left out (an image beside the document, a remote image) adds
+    ``local_resource_blocked`` / ``remote_resource_blocked`` to ``warnings``.
     """
     cmd = [pandoc_path(), "--sandbox", *args]
     try:
@@ -58,4 +81,6 @@ def run_pandoc(args: list[str], *, cwd: Path, timeout: float = PANDOC_TIMEOUT_SE
             f"pandoc exited {done.returncode}: {done.stderr.strip()[:500]}",
             stderr=done.stderr[-2000:],
         )
+    if warnings is not None:
+        warnings.extend(w for w in resource_warnings(done.stderr) if w not in warnings)
     return done.stdout

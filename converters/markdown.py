@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["normalize_markdown"]
+__all__ = ["normalize_markdown", "separate_tables"]
 
 _FENCE_OPEN = re.compile(r"^[ \t]*(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
+# A GFM table delimiter row: | --- | :--: | ... (cells of dashes, optional colons)
+_TABLE_DELIMITER = re.compile(r"^\|(?:\s*:?-+:?\s*\|)+\s*$")
 
 
 def _closes(line: str, fence: str) -> bool:
@@ -60,3 +62,35 @@ def normalize_markdown(text: str) -> str:
         fence = _opens(line)
     body = "\n".join(out).rstrip("\n")
     return body + "\n" if body else ""
+
+
+def separate_tables(text: str) -> str:
+    """Put a blank line before a pipe table that directly follows a line of text.
+
+    docling writes a table that its reader attached to a list (a Word table right
+    after a bulleted list) on the line under the last item; CommonMark and GFM
+    readers then fold the whole table into that item as text. Only tables whose
+    rows start in the first column are touched (an indented table belongs to the
+    item on purpose), and nothing inside fenced code blocks changes.
+    """
+    lines = text.split("\n")
+    out: list[str] = []
+    fence: str | None = None
+    for index, line in enumerate(lines):
+        if fence is not None:
+            out.append(line)
+            if _closes(line, fence):
+                fence = None
+            continue
+        following = lines[index + 1] if index + 1 < len(lines) else ""
+        if (
+            line.startswith("|")
+            and _TABLE_DELIMITER.match(following.rstrip())
+            and out
+            and out[-1].strip()
+            and not out[-1].startswith("|")
+        ):
+            out.append("")
+        out.append(line)
+        fence = _opens(line)
+    return "\n".join(out)

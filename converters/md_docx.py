@@ -17,14 +17,20 @@ __all__ = ["MarkdownToDocx", "pandoc_to_docx"]
 
 
 def pandoc_to_docx(request: ConversionRequest, reader: str) -> ConversionResult:
-    """Shared by md→docx and html→docx: pandoc's docx writer, optional reference doc."""
+    """Shared by md→docx and html→docx: pandoc's docx writer, optional reference doc.
+
+    Images are not embedded: the sandbox lets pandoc read only the document, so
+    each one it leaves out is reported as ``local_resource_blocked`` (a file) or
+    ``remote_resource_blocked`` (a URL).
+    """
     read_text_input(request.input_path)  # refuses invalid UTF-8 with a clear code
     args = ["-f", reader, "-t", "docx", "-o", str(request.output_path)]
     if request.options.reference_docx is not None:
         args.append(f"--reference-doc={request.options.reference_docx}")
     args.append(str(request.input_path))
-    run_pandoc(args, cwd=request.input_path.parent)
-    return ConversionResult(device="cpu")
+    warnings: list[str] = []
+    run_pandoc(args, cwd=request.input_path.parent, warnings=warnings)
+    return ConversionResult(warnings=warnings, device="cpu")
 
 
 class MarkdownToDocx:

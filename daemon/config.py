@@ -34,8 +34,9 @@ __all__ = [
 ]
 
 ENV_PREFIX = "SIR_CONVERT_A_LOT_"
-# Variables with our prefix that are read by something other than the daemon.
-_FOREIGN_ENV = {"REMOTE_HOST", "REMOTE_ROOT", "REMOTE_SSH_OPTS", "TEST_LONG", "CONFIG"}
+# Variables with our prefix that are not profile overrides: read by the tools and
+# tests, or (FAULTS) the opt-in fault injection of daemon/faults.py, a testing knob.
+_FOREIGN_ENV = {"REMOTE_HOST", "REMOTE_ROOT", "REMOTE_SSH_OPTS", "TEST_LONG", "CONFIG", "FAULTS"}
 
 DEFAULT_IGNORE_PATTERNS: tuple[str, ...] = (
     ".*",

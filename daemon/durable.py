@@ -11,6 +11,8 @@ import os
 import uuid
 from pathlib import Path
 
+from daemon import faults
+
 __all__ = [
     "atomic_write",
     "durable_move",
@@ -56,6 +58,7 @@ def atomic_write(target: Path, data: bytes, *, tmp_dir: Path) -> None:
     ``tmp_dir`` must be on the same filesystem as ``target``; it is never in a
     watched or published folder, so no reader can see a partial file.
     """
+    faults.check_write(target)
     tmp = tmp_dir / f"{target.name[:100]}.{uuid.uuid4().hex}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:

@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from daemon import faults
 from daemon.durable import atomic_write, durable_move, fsync_dir
 from daemon.layout import DataRoot
 
@@ -125,6 +126,7 @@ class JobStore:
         job.save()
         fsync_dir(self.root.jobs)
         job.input_dir.mkdir()
+        faults.delay("claim")
         try:
             durable_move(path, job.input_path)
         except FileNotFoundError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from daemon import faults
 from daemon.durable import atomic_write, durable_move, fsync_file, unique_name
 from daemon.jobs import Job, JobStore, sha256_file
 from daemon.layout import DataRoot
@@ -45,6 +46,7 @@ class Publisher:
         if target.name != PurePosixPath(wanted).name:
             sidecar.warnings = sorted({*sidecar.warnings, "output_name_collision"})
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
+        faults.delay("sidecar_write")
         job.record.output_relative = relative
         job.record.phase = "publishing"
         job.save()
@@ -56,9 +58,12 @@ class Publisher:
         staged = self._staged_output(job)
         if staged is not None:
             durable_move(staged, target)
+            faults.delay("publish_output")
         if job.staged_sidecar.exists():
             durable_move(job.staged_sidecar, target.with_name(target.name + ".meta.json"))
+            faults.delay("archive")
         self._retire_input(job)
+        faults.delay("finish")
         self.store.finish(job)
 
     def _staged_output(self, job: Job) -> Path | None:
@@ -93,6 +98,7 @@ class Publisher:
         source = job.input_path
         if source.exists() or source.is_symlink():
             durable_move(source, target)
+            faults.delay("fail_input")
         if job.staged_sidecar.exists():
             sidecar_path = target.with_name(target.name + ".error.json")
             if sidecar_path.exists():

@@ -202,6 +202,10 @@ class Service:
     # -- start and stop ---------------------------------------------------------------------
 
     async def start(self) -> None:
+        # First of all, so that a SIGTERM during start-up still drains cleanly.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
         await asyncio.to_thread(self.root.create)
         self.root.adopt(self.settings.name)
         for job in await asyncio.to_thread(self.lifecycle.recover):
@@ -212,7 +216,6 @@ class Service:
                 self._spawn(job)
         for pool in self.pools.values():
             await pool.start()
-        loop = asyncio.get_running_loop()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
         log.info(
@@ -224,9 +227,6 @@ class Service:
         )
 
     async def run_forever(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stopping.set)
         supervisor = asyncio.create_task(self._supervise())
         await self.stopping.wait()
         await self.shutdown()

@@ -85,9 +85,10 @@ def docling_command(
             "--no-tables",
             "--no-enable-remote-services",
         ]
-        cmd += (
-            ["--ocr", "--ocr-engine", "rapidocr", "--ocr-mode", "full_page"] if ocr else ["--no-ocr"]
-        )
+        if ocr:
+            cmd += ["--ocr", "--ocr-engine", "rapidocr", "--ocr-mode", "full_page"]
+        else:
+            cmd += ["--no-ocr"]
     return cmd + [str(s) for s in sources]
 
 

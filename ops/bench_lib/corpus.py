@@ -30,11 +30,15 @@ KINDS: dict[str, str] = {
 }
 
 _SECTIONS = 40
-_WORDS = (
-    "conversion inbox outbox worker sidecar settle claim publish archive route lane "
-    "document heading paragraph table list markdown portable format printed page "
-    "quarterly report field survey harbour tide gauge moisture reading plot season"
-).split()
+_WORDS = tuple(
+    " ".join(
+        (
+            "conversion inbox outbox worker sidecar settle claim publish archive route lane",
+            "document heading paragraph table list markdown portable format printed page",
+            "quarterly report field survey harbour tide gauge moisture reading plot season",
+        )
+    ).split(" ")
+)
 
 
 def _sentence(seed: int, words: int = 14) -> str:

@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -55,6 +54,7 @@ class BenchDaemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.ready_seconds: float | None = None
+        self.listening_seconds: float | None = None
 
     # -- paths -----------------------------------------------------------------
 
@@ -145,10 +145,13 @@ class BenchDaemon:
                 status, _ = self.get("/readyz")
             except OSError:
                 status = 0
+            if status and self.listening_seconds is None:
+                # The listener opens once the start-up scan is done (Service.start).
+                self.listening_seconds = time.monotonic() - self.started_at
             if status == 200:
                 self.ready_seconds = time.monotonic() - self.started_at
                 return self.ready_seconds
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise RuntimeError(f"daemon not ready within {timeout:.0f} s:\n{self.tail()}")
 
     def tail(self, lines: int = 30) -> str:
@@ -173,6 +176,19 @@ class BenchDaemon:
 
     def worker_pids(self) -> list[int]:
         return procfs.children(self.pid) if self.alive() else []
+
+    def restarts(self) -> dict[str, float]:
+        """Worker replacements so far by reason (from /metrics)."""
+        url = f"http://127.0.0.1:{self.port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith("sir_convert_a_lot_worker_restarts_total{"):
+                labels, value = line.rsplit(" ", 1)
+                reason = labels.split('reason="', 1)[1].split('"', 1)[0]
+                out[reason] = out.get(reason, 0.0) + float(value)
+        return out
 
     def answered(self, folder: str = "") -> int:
         """Sidecars published so far under outbox/<folder> and failed/<folder>."""

@@ -32,7 +32,11 @@ def _serve(proto: IO[str]) -> int:
     hello = json.loads(sys.stdin.readline())
     models = Path(hello["models_dir"]) if hello.get("models_dir") else None
     ctx = WorkerContext(
-        gpu_policy="preferred", models_dir=models, limits=Limits(), device="cpu", runtime_kind="none"
+        gpu_policy="preferred",
+        models_dir=models,
+        limits=Limits(),
+        device="cpu",
+        runtime_kind="none",
     )
     converter = default_registry().get(hello["source"], hello["target"])
     converter.warm(ctx)

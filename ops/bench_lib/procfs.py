@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-__all__ = ["children", "cpu_seconds", "machine_info", "rss_mb", "peak_rss_mb"]
+__all__ = ["children", "cpu_seconds", "loadavg", "machine_info", "peak_rss_mb", "rss_mb"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -84,6 +84,11 @@ def _ram_gib() -> float | None:
     return None
 
 
+def loadavg() -> list[float]:
+    """1, 5 and 15 minute load averages: other work on the machine skews the numbers."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def machine_info() -> dict[str, object]:
     """nproc, CPU model, RAM and the software the numbers were taken with."""
     try:
@@ -96,4 +101,5 @@ def machine_info() -> dict[str, object]:
         "ram_gib": _ram_gib(),
         "kernel": platform.release(),
         "python": sys.version.split()[0],
+        "loadavg_start": loadavg(),
     }

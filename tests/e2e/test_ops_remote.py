@@ -149,8 +149,8 @@ def test_shell_mode_runs_the_script_from_stdin(sshd: Sshd, checkout: Path) -> No
         'echo "cwd=$(pwd -P)"\n'
         'echo "stdin=[$(cat)]"\n'  # the rest of the script must not leak into stdin
         "shopt -q login_shell && echo login || echo not-login\n"
-        "[ -z \"$(alias)\" ] && echo no-aliases\n"
-        "f() { echo \"function $1\"; }\n"
+        '[ -z "$(alias)" ] && echo no-aliases\n'
+        'f() { echo "function $1"; }\n'
         "f works\n"
         "exit 5\n"
         "echo never\n"

@@ -75,7 +75,7 @@ class RunningProfile:
                 pytest.fail(f"the daemon exited {self.proc.returncode}:\n{self.tail()}")
             try:
                 url = f"http://127.0.0.1:{self.port}/readyz"
-                with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310
+                with urllib.request.urlopen(url, timeout=5):
                     return
             except urllib.error.HTTPError as exc:
                 body = exc.read()
@@ -139,9 +139,7 @@ def test_every_route_passes_and_the_run_cleans_up(profile: RunningProfile, tmp_p
         assert leftovers == [], f"{area} still holds {leftovers}"
 
 
-def test_keep_leaves_the_outputs_the_report_names(
-    profile: RunningProfile, tmp_path: Path
-) -> None:
+def test_keep_leaves_the_outputs_the_report_names(profile: RunningProfile, tmp_path: Path) -> None:
     code, report, output = profile.smoke("--routes", "md-pdf,docx-md", "--keep", report=tmp_path)
     assert code == 0, output
     for result in report["results"]:
@@ -154,11 +152,11 @@ def test_keep_leaves_the_outputs_the_report_names(
 def test_a_failing_route_fails_the_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path, tmp_path: Path
 ) -> None:
-    """A profile that refuses inputs over 3 kB: the PDF routes fail, smoke says so."""
+    """A profile that refuses PDFs of more than one page: smoke's two-page PDF fails."""
     base = tmp_path_factory.mktemp("smoke-small")
     config = (
         f'[profiles.eval]\ndata_root = "{base / "eval"}"\nhttp_port = 1\n'
-        "[profiles.eval.limits]\nmax_input_bytes = 3000\n"
+        "[profiles.eval.limits]\nmax_pages = 1\n"
     )
     running = RunningProfile(base, tiny_models_dir, config=config)
     try:
@@ -171,5 +169,42 @@ def test_a_failing_route_fails_the_run(
     assert results["md->pdf"]["ok"] is True
     assert results["pdf->docx"]["ok"] is False
     assert results["pdf->docx"]["status"] == "failed"
-    assert "input_too_large" in results["pdf->docx"]["problems"][0]
+    assert "too_many_pages" in results["pdf->docx"]["problems"][0]
     assert "FAILED" in (tmp_path / "report.md").read_text().splitlines()[0]
+
+
+def test_a_data_root_that_is_not_the_profiles_is_refused(
+    profile: RunningProfile, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        [
+            sys.executable, str(SMOKE), "--data-root", str(elsewhere), "--port", str(profile.port),
+            "--report-dir", str(tmp_path / "report"),
+        ],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 69
+    assert f"is it the data root of the profile on port {profile.port}" in done.stderr
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_the_documented_python_consumer_works(profile: RunningProfile, tmp_path: Path) -> None:
+    """docs/dropping-files.md's consumer, run as printed, against the running profile."""
+    text = (REPO / "docs" / "dropping-files.md").read_text()
+    section = text.split("### A consumer in Python", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'ROOT = Path("/var/lib/sir-convert-a-lot/prod")' in code
+    consumer = tmp_path / "consumer.py"
+    consumer.write_text(code.replace("/var/lib/sir-convert-a-lot/prod", str(profile.data_root)))
+    source = tmp_path / "notes.md"
+    source.write_text("# Notes\n\nWritten by the documented consumer.\n")
+    done = subprocess.run(
+        [sys.executable, str(consumer), str(source), "pdf"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr + profile.tail()
+    result = Path(done.stdout.strip())
+    assert result == profile.data_root / "outbox" / "to-pdf" / "batch" / "notes.pdf"
+    assert result.read_bytes().startswith(b"%PDF-")

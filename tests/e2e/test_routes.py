@@ -98,7 +98,9 @@ class DocxContent:
 
 def read_docx(path: Path) -> DocxContent:
     document = docx.Document(str(path))
-    paragraphs = [(p.style.name if p.style is not None else "", p.text) for p in document.paragraphs]
+    paragraphs = [
+        (p.style.name if p.style is not None else "", p.text) for p in document.paragraphs
+    ]
     cells = [cell.text for table in document.tables for row in table.rows for cell in row.cells]
     return DocxContent(paragraphs, cells)
 
@@ -109,9 +111,6 @@ class Drop:
 
     daemon: Daemon
     sources: dict[str, Path]
-
-    def sidecar(self, input_relative: str) -> dict[str, Any]:
-        return self.daemon.sidecar(ROUTES.get(input_relative, ("", "", ""))[2] or input_relative)
 
     def output(self, output_relative: str) -> Path:
         return self.daemon.outbox / output_relative
@@ -210,8 +209,9 @@ def check_sidecar(drop: Drop, relative: str) -> dict[str, Any]:
     assert car["output"]["size_bytes"] == output.stat().st_size
     assert car["acceleration"]["device"] == "cpu"
     assert car["timings"]["convert_seconds"] > 0
-    # the original is archived unchanged under its mirrored path
-    assert sha(drop.daemon.archive / relative) == sha(drop.sources[relative])
+    # the original is archived unchanged under its mirrored path (just after the sidecar)
+    archived = drop.daemon.wait_for(drop.daemon.archive / relative, timeout=30)
+    assert sha(archived) == sha(drop.sources[relative])
     return car
 
 
@@ -358,8 +358,9 @@ def test_options_files_are_honoured_and_inherited(drop: Drop) -> None:
 
 def test_nothing_failed_and_the_daemon_stays_ready(drop: Drop) -> None:
     for relative in SAMPLES:
-        output = ROUTES[relative][2] if relative in ROUTES else relative
-        drop.daemon.sidecar(str(Path(output).with_suffix(".md")) if relative not in ROUTES else output)
+        # every sample not in ROUTES was dropped under to-md/
+        output = ROUTES[relative][2] if relative in ROUTES else relative.rsplit(".", 1)[0] + ".md"
+        assert drop.daemon.sidecar(output)["status"] == "succeeded"
     assert list(drop.daemon.failed.rglob("*.error.json")) == []
     assert list((drop.daemon.root / ".state" / "jobs").iterdir()) == []
     status, body = drop.daemon.get("/readyz")

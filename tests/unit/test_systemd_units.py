@@ -124,7 +124,9 @@ def exposure(tmp_path: Path, *, dropin: bool) -> float:
     root = make_root(tmp_path, dropin=dropin)
     done = analyze("security", "--offline=true", f"--root={root}", "sir-convert-a-lot@prod.service")
     output = done.stdout + done.stderr
-    match = re.search(r"Overall exposure level for sir-convert-a-lot@prod\.service: (\d+\.\d+)", output)
+    match = re.search(
+        r"Overall exposure level for sir-convert-a-lot@prod\.service: (\d+\.\d+)", output
+    )
     assert match, output
     return float(match.group(1))
 

@@ -1,0 +1,66 @@
+"""Opt-in fault injection, for crash and resource tests only. Off unless configured.
+
+``SIR_CONVERT_A_LOT_FAULTS`` holds a JSON object; when the variable is unset or
+empty nothing here does anything beyond one dictionary lookup. Keys:
+
+* ``"delay"``: ``{"<point>": seconds, ...}`` sleeps that long at a named point,
+  widening the window in which a test's SIGKILL lands. Points, in the order a
+  successful job passes them: ``claim`` (record written, input not yet moved),
+  ``sidecar_write`` (sidecar staged, phase not yet ``publishing``),
+  ``publish_output`` (output in outbox/, sidecar not yet), ``archive`` (sidecar
+  published, input not yet archived), ``finish`` (input archived, job folder not
+  yet removed); and for a failed job ``fail_input`` (input in failed/, error
+  sidecar not yet).
+* ``"enospc_flag"``: a path; while a file exists there, every durable write of
+  the daemon (``atomic_write``) fails with ``ENOSPC`` as on a full disk. Used
+  where a test cannot mount a small tmpfs.
+
+This is a testing knob. Production units never set the variable.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay"]
+
+FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
+POINTS = frozenset({"claim", "sidecar_write", "publish_output", "archive", "finish", "fail_input"})
+
+
+@functools.cache
+def _config() -> dict[str, Any]:
+    raw = os.environ.get(FAULTS_ENV, "").strip()
+    if not raw:
+        return {}
+    value = json.loads(raw)
+    if not isinstance(value, dict):
+        raise ValueError(f"{FAULTS_ENV} must be a JSON object")
+    unknown = set(value.get("delay", {})) - POINTS
+    if unknown:
+        raise ValueError(f"{FAULTS_ENV}: unknown fault point(s) {sorted(unknown)}")
+    return value
+
+
+def delay(point: str) -> None:
+    """Sleep at ``point`` if a delay is configured for it."""
+    config = _config()
+    if config:
+        seconds = float(config.get("delay", {}).get(point, 0.0))
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+def check_write(target: Path) -> None:
+    """Raise ENOSPC for a write to ``target`` while the configured flag file exists."""
+    config = _config()
+    if config:
+        flag = config.get("enospc_flag")
+        if flag and Path(flag).exists():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target))

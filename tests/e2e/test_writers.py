@@ -1,0 +1,389 @@
+"""Every kind of writer, against the real daemon: each file is converted exactly once,
+from the bytes its writer finally wrote, never half-read (docs/settling.md).
+
+One daemon (inotify, settle window 0.5 s) serves most tests, each in its own inbox
+folder; the polling observer and the start with files already waiting get their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.writers_support import (
+    LONG,
+    assert_converted_once,
+    big_markdown,
+    outputs_for,
+    sha,
+    sha_bytes,
+    sidecars_in,
+    slow_write,
+    small_markdown,
+    started_daemon,
+    wait_idle,
+)
+from tests.fixtures.daemon import Daemon
+
+SHORT_PAUSE = 0.2  # far above inotify's latency, below the settle window
+LONG_PAUSE = 1.5  # above the settle window
+BIG = (24 if LONG else 3) * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def writer_daemon(
+    tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path
+) -> Iterator[Daemon]:
+    yield from started_daemon(tmp_path_factory.mktemp("writers"), tiny_models_dir)
+
+
+def _folder(daemon: Daemon, name: str) -> Path:
+    folder = daemon.inbox / "to-docx" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _in_threads(jobs: dict[str, Callable[[], bytes]]) -> dict[str, bytes]:
+    """Run writers at once; returns what each wrote."""
+    results: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def run(name: str, job: Callable[[], bytes]) -> None:
+        try:
+            results[name] = job()
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=item) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def _chunks(tag: str, count: int) -> list[bytes]:
+    return [f"# {tag}\n\n".encode()] + [
+        f"- {tag} line {i} {'x' * 60}\n".encode() for i in range(1, count)
+    ]
+
+
+def test_slow_writers_held_open_are_never_read_half_written(writer_daemon: Daemon) -> None:
+    d = writer_daemon
+    folder = _folder(d, "slow")
+    held_short = _chunks("held-short", 12)
+    held_long = _chunks("held-long", 5)
+    append_short = _chunks("append-short", 8)
+    written = _in_threads(
+        {
+            # One descriptor, pauses shorter than the window: no close, no quiet window.
+            "held-short": lambda: slow_write(
+                folder / "held-short.md", held_short, [SHORT_PAUSE] * 12, "held"
+            ),
+            # One descriptor, pauses longer than the window: quiet and stable between
+            # chunks, but never closed until the end, so it must wait.
+            "held-long": lambda: slow_write(
+                folder / "held-long.md", held_long, [LONG_PAUSE] * 4 + [0.0], "held"
+            ),
+            # Reopened in append mode per chunk, pauses shorter than the window: every
+            # close is followed by a new write before the window ends.
+            "append-short": lambda: slow_write(
+                folder / "append-short.md", append_short, [SHORT_PAUSE] * 8, "append"
+            ),
+        }
+    )
+    wait_idle(d)
+    for name, data in written.items():
+        car = assert_converted_once(d, f"to-docx/slow/{name}.docx", sha_bytes(data))
+        assert car["input"]["size_bytes"] == len(data)
+
+
+def test_append_per_chunk_with_pauses_longer_than_the_window_is_split(
+    writer_daemon: Daemon,
+) -> None:
+    """Documented trade-off (docs/settling.md): a writer that closes the file and stays
+    away longer than settle_seconds looks finished. Each piece is converted on its own
+    (name, name~2, …); no byte is lost or converted twice."""
+    d = writer_daemon
+    folder = _folder(d, "append-long")
+    chunks = _chunks("append-long", 4)
+    data = slow_write(folder / "piece.md", chunks, [LONG_PAUSE] * 4, "append")
+    wait_idle(d)
+    outputs = outputs_for(d, "to-docx/append-long/piece.docx")
+    assert len(outputs) >= 2, "pauses longer than the window should split this writer"
+
+    def number(path: Path) -> int:
+        found = re.search(r"~(\d+)\.", path.name)
+        return int(found.group(1)) if found else 1
+
+    archived = sorted((d.archive / "to-docx" / "append-long").iterdir(), key=number)
+    converted = sorted(
+        d.sidecar(f"to-docx/append-long/{name}")["input"]["sha256"] for name in outputs
+    )
+    assert converted == sorted(sha(p) for p in archived), "each piece converted as archived"
+    pieces = b"".join(p.read_bytes() for p in archived)
+    assert pieces == data
+
+
+def test_files_written_into_a_new_folder_before_it_is_watched(writer_daemon: Daemon) -> None:
+    """mkdir + write + close within microseconds: the close happens before the new
+    folder's watch exists (found defect: such files waited for a close forever)."""
+    d = writer_daemon
+    base = _folder(d, "fresh")
+    count = 120 if LONG else 40
+    script = (
+        "import os, sys\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    folder = os.path.join(sys.argv[1], f'f{i:03d}')\n"
+        "    os.mkdir(folder)\n"
+        "    with open(os.path.join(folder, 'a.md'), 'wb') as fh:\n"
+        "        fh.write(f'# fresh {i}\\n'.encode())\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(base), str(count)], check=True)
+    # cp -r and tar create folders and fill them at once, the same way.
+    tree = d.base / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    for rel in ("r.md", "sub/s.md", "sub/deeper/t.md"):
+        (tree / rel).write_bytes(small_markdown(rel))
+    subprocess.run(["cp", "-r", str(tree), str(base / "copied")], check=True)
+    subprocess.run(["tar", "-C", str(d.base), "-cf", str(d.base / "tree.tar"), "tree"], check=True)
+    (base / "untarred").mkdir()
+    subprocess.run(
+        ["tar", "-C", str(base / "untarred"), "-xf", str(d.base / "tree.tar")], check=True
+    )
+    wait_idle(d)
+    for i in range(count):
+        assert_converted_once(
+            d, f"to-docx/fresh/f{i:03d}/a.docx", sha_bytes(f"# fresh {i}\n".encode())
+        )
+    for rel in ("r", "sub/s", "sub/deeper/t"):
+        expected = sha(tree / f"{rel}.md")
+        assert_converted_once(d, f"to-docx/fresh/copied/{rel}.docx", expected)
+        assert_converted_once(d, f"to-docx/fresh/untarred/tree/{rel}.docx", expected)
+
+
+def test_cp_and_mv_on_the_same_filesystem(writer_daemon: Daemon) -> None:
+    d = writer_daemon
+    folder = _folder(d, "cpmv")
+    src = d.base / "src-cpmv"
+    src.mkdir()
+    (src / "big.md").write_bytes(big_markdown(BIG, "big by cp"))
+    (src / "small.md").write_bytes(small_markdown("small by cp"))
+    (src / "moved.md").write_bytes(small_markdown("moved"))
+    expected = {name: sha(src / name) for name in ("big.md", "small.md", "moved.md")}
+    subprocess.run(["cp", str(src / "big.md"), str(src / "small.md"), str(folder)], check=True)
+    subprocess.run(["mv", str(src / "moved.md"), str(folder)], check=True)  # a rename
+    wait_idle(d)
+    for name, digest in expected.items():
+        assert_converted_once(d, f"to-docx/cpmv/{Path(name).stem}.docx", digest)
+
+
+def _other_filesystem(inbox: Path) -> Path | None:
+    """A writable folder on another filesystem (tmpfs), or None."""
+    for candidate in (Path("/dev/shm"), Path(os.environ.get("XDG_RUNTIME_DIR", "/nonexistent"))):
+        if (
+            candidate.is_dir()
+            and os.access(candidate, os.W_OK)
+            and os.stat(candidate).st_dev != os.stat(inbox).st_dev
+        ):
+            return candidate
+    return None
+
+
+def test_mv_across_filesystems_is_a_copy_then_unlink(writer_daemon: Daemon) -> None:
+    """mv from a tmpfs cannot rename: it creates the file in the inbox, writes it,
+    closes it, then unlinks the source. The daemon sees an in-place write."""
+    d = writer_daemon
+    other = _other_filesystem(d.inbox)
+    if other is None:
+        pytest.skip("no writable folder on another filesystem (/dev/shm) to move from")
+    staging = other / f"sir-writers-{os.getpid()}"
+    staging.mkdir()
+    try:
+        (staging / "xbig.md").write_bytes(big_markdown(BIG, "moved across filesystems"))
+        (staging / "xsmall.md").write_bytes(small_markdown("moved across filesystems"))
+        expected = {p.stem: sha(p) for p in staging.iterdir()}
+        folder = _folder(d, "xfs")
+        subprocess.run(
+            ["mv", str(staging / "xbig.md"), str(staging / "xsmall.md"), str(folder)], check=True
+        )
+        wait_idle(d)
+        for stem, digest in expected.items():
+            assert_converted_once(d, f"to-docx/xfs/{stem}.docx", digest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rsync(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["rsync", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _interrupt_when_partial(proc: subprocess.Popen[bytes], folder: Path, name: str) -> None:
+    """Wait until rsync's hidden temp file holds some data, then interrupt rsync."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        temps = [p for p in folder.glob(f".{name}.*") if p.is_file()]
+        if any(p.stat().st_size >= 256 * 1024 for p in temps):
+            break
+        assert proc.poll() is None, "rsync finished before it could be interrupted"
+        time.sleep(0.05)
+    else:
+        raise AssertionError("rsync's temp file never grew")
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) != 0
+
+
+def test_rsync_default_inplace_and_an_interrupted_partial_dir_resume(
+    writer_daemon: Daemon,
+) -> None:
+    d = writer_daemon
+    folder = _folder(d, "rsync")
+    src = d.base / "src-rsync"
+    src.mkdir()
+    (src / "plain.md").write_bytes(big_markdown(BIG, "rsync default"))
+    (src / "inplace.md").write_bytes(big_markdown(BIG, "rsync inplace"))
+    (src / "resumed.md").write_bytes(big_markdown(2 * 1024 * 1024, "rsync resumed"))
+    expected = {p.stem: sha(p) for p in src.iterdir()}
+
+    # Default: a hidden temp file (ignored), then one rename onto the final name.
+    assert _rsync(str(src / "plain.md"), f"{folder}/").wait() == 0
+    # --inplace: written under the final name, closed, then its times set.
+    assert _rsync("--inplace", str(src / "inplace.md"), f"{folder}/").wait() == 0
+
+    # --partial-dir: an interrupted transfer parks its partial file in a hidden
+    # folder (ignored); resuming finishes it and renames it onto the final name.
+    proc = _rsync(
+        "--partial-dir=.rsync-partial", "--bwlimit=300", str(src / "resumed.md"), f"{folder}/"
+    )
+    _interrupt_when_partial(proc, folder, "resumed.md")
+    parked = folder / ".rsync-partial" / "resumed.md"
+    assert parked.is_file() and parked.stat().st_size < (src / "resumed.md").stat().st_size
+    wait_idle(d)
+    assert outputs_for(d, "to-docx/rsync/resumed.docx") == [], "the partial file was converted"
+    assert _rsync("--partial-dir=.rsync-partial", str(src / "resumed.md"), f"{folder}/").wait() == 0
+
+    wait_idle(d)
+    for stem, digest in expected.items():
+        assert_converted_once(d, f"to-docx/rsync/{stem}.docx", digest)
+
+
+def test_rsync_plain_partial_publishes_the_partial_file(writer_daemon: Daemon) -> None:
+    """Documented limitation (docs/settling.md): interrupted, plain ``--partial`` renames
+    the partial file onto the final name; a rename means "complete", so it is converted.
+    The resumed transfer then arrives as a new file (the collision rule: ``name~2``)."""
+    d = writer_daemon
+    folder = _folder(d, "rsync-partial")
+    src = d.base / "src-rsync-partial"
+    src.mkdir()
+    full = big_markdown(2 * 1024 * 1024, "rsync plain partial")
+    (src / "p.md").write_bytes(full)
+    proc = _rsync("--partial", "--bwlimit=300", str(src / "p.md"), f"{folder}/")
+    _interrupt_when_partial(proc, folder, "p.md")
+    first = d.sidecar("to-docx/rsync-partial/p.docx")
+    size = first["input"]["size_bytes"]
+    assert 0 < size < len(full)
+    assert first["input"]["sha256"] == sha_bytes(full[:size])
+    assert _rsync("--partial", str(src / "p.md"), f"{folder}/").wait() == 0
+    wait_idle(d)
+    assert outputs_for(d, "to-docx/rsync-partial/p.docx") == ["p.docx", "p~2.docx"]
+    assert d.sidecar("to-docx/rsync-partial/p~2.docx")["input"]["sha256"] == sha_bytes(full)
+
+
+def test_a_burst_of_small_files_moved_in_at_once(writer_daemon: Daemon) -> None:
+    d = writer_daemon
+    count = 2000 if LONG else 300
+    staging = d.base / "burst-staging"
+    staging.mkdir()
+    expected = {}
+    for i in range(count):
+        data = small_markdown(f"burst {i:04d}")
+        (staging / f"b{i:04d}.md").write_bytes(data)
+        expected[f"b{i:04d}"] = sha_bytes(data)
+    folder = _folder(d, "burst")
+    started = time.monotonic()
+    names = sorted(str(p) for p in staging.iterdir())
+    subprocess.run(["mv", "-t", str(folder), *names], check=True)
+    deadline = started + 60 + count
+    while time.monotonic() < deadline:
+        if len(list((d.outbox / "to-docx" / "burst").glob("*.meta.json"))) >= count:
+            break
+        time.sleep(0.5)
+    print(f"burst: {count} files converted in {time.monotonic() - started:.1f} s")
+    wait_idle(d)
+    cars = sidecars_in(d, "to-docx/burst")
+    assert sorted(c["input"]["name"] for c in cars) == sorted(f"{n}.md" for n in expected)
+    for car in cars:
+        assert car["status"] == "succeeded"
+        assert car["input"]["sha256"] == expected[car["input"]["name"][:-3]]
+    published = sorted(p.name for p in (d.outbox / "to-docx" / "burst").glob("*.docx"))
+    assert published == sorted(f"{n}.docx" for n in expected), "no loss, no ~2 duplicate"
+    assert not list(d.failed.rglob("*.error.json"))
+
+
+def test_files_dropped_while_down_then_the_polling_observer(
+    tmp_path: Path, tiny_models_dir: Path
+) -> None:
+    """Files that arrived while the daemon was down are found by the start-up scan and
+    converted once. The same daemon then watches by polling: no close events, so only
+    the quiet window and a stable size protect a slow writer."""
+    d = Daemon(
+        tmp_path,
+        models_dir=tiny_models_dir,
+        extra_config='observer = "polling"\npolling_interval_seconds = 0.5\n',
+    )
+    try:
+        _drop_while_down_then_poll(d)
+    finally:
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
+
+
+def _drop_while_down_then_poll(d: Daemon) -> None:
+    d.root.mkdir()
+    down = d.inbox / "to-docx" / "down"
+    (down / "nested").mkdir(parents=True)
+    expected: dict[str, str] = {}
+    for i in range(10):
+        rel = f"down/d{i}.md" if i % 2 else f"down/nested/d{i}.md"
+        data = small_markdown(f"while down {i}")
+        (d.inbox / "to-docx" / rel).write_bytes(data)
+        expected[rel[:-3]] = sha_bytes(data)
+    (d.inbox / "to-docx" / "down" / "big.md").write_bytes(big_markdown(BIG, "down"))
+    expected["down/big"] = sha(d.inbox / "to-docx" / "down" / "big.md")
+    d.start()
+    wait_idle(d)
+    for rel, digest in expected.items():
+        assert_converted_once(d, f"to-docx/{rel}.docx", digest)
+
+    folder = _folder(d, "polled")
+    src = d.base / "src-polled"
+    src.mkdir()
+    (src / "copied.md").write_bytes(big_markdown(BIG, "polled cp"))
+    subprocess.run(["cp", str(src / "copied.md"), str(folder)], check=True)
+    held = _chunks("polled-held", 12)
+    appended = _chunks("polled-append", 8)
+    written = _in_threads(
+        {
+            "held": lambda: slow_write(folder / "held.md", held, [SHORT_PAUSE] * 12, "held"),
+            "append": lambda: slow_write(
+                folder / "append.md", appended, [SHORT_PAUSE] * 8, "append"
+            ),
+        }
+    )
+    wait_idle(d)
+    assert_converted_once(d, "to-docx/polled/copied.docx", sha(src / "copied.md"))
+    for name, data in written.items():
+        assert_converted_once(d, f"to-docx/polled/{name}.docx", sha_bytes(data))
+    assert d.stop() == 0
