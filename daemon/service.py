@@ -87,6 +87,10 @@ class Service:
     # -- detection ---------------------------------------------------------------------
 
     def _on_event(self, arrival: Arrival, path: Path) -> None:
+        if path in self._ignored:
+            # Counted once already; being ignored depends on the path alone. This
+            # keeps rescans of inboxes full of idle assets cheap (ops/bench scan).
+            return
         try:
             relative = self.root.inbox_relative(path)
         except ValueError:
@@ -101,22 +105,26 @@ class Service:
             self._detected_at.setdefault(path, datetime.now(UTC))
             self.metrics.files_detected.inc()
         try:
-            mode = os.lstat(path).st_mode
+            st = os.lstat(path)
         except FileNotFoundError:
             self.tracker.forget(path)
             return
-        if not stat.S_ISREG(mode):
-            arrival = Arrival.RENAMED  # nothing to wait for: it will be refused unread
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            # Nothing to wait for: it will be refused unread. (A hard link made
+            # with ln(1) is never closed after a write, so it would never settle.)
+            arrival = Arrival.RENAMED
         self.tracker.observe(path, arrival, time.monotonic())
 
     def _is_entry_dir(self, name: str) -> bool:
         return normalize_extension(name) in self._sources
 
-    def _scan(self) -> list[Path]:
-        """Walk the inbox (blocking: runs in a thread, touches no shared state)."""
-        return list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
+    def _scan(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
+        """Walk the inbox, and find which ignored files are gone (blocking: runs in
+        a thread, touches no shared state)."""
+        found = list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
+        return found, {p for p in ignored if not os.path.lexists(p)}
 
-    def _apply_scan(self, found: list[Path]) -> None:
+    def _apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
         """Feed a scan's findings to the tracker (in the event loop)."""
         present = set(found)
         for path in found:
@@ -124,13 +132,14 @@ class Service:
                 self._on_event(Arrival.SCANNED, path)
         # Forget ignored files and detection times of files that are gone, so
         # years of rsync temp names do not accumulate in memory.
-        self._ignored &= present
+        self._ignored -= gone_ignored
         for path in [p for p in self._detected_at if p not in present and p not in self.tracker]:
             del self._detected_at[path]
         self.last_rescan = time.monotonic()
 
     async def rescan(self) -> None:
-        self._apply_scan(await asyncio.to_thread(self._scan))
+        found, gone = await asyncio.to_thread(self._scan, list(self._ignored))
+        self._apply_scan(found, gone)
 
     def request_rescan(self) -> None:
         """Called when a folder was moved in whole: scan on the next tick."""
