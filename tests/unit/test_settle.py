@@ -107,3 +107,21 @@ def test_collision_rule_never_overwrites(tmp_path: Path) -> None:
     assert unique_name(first) == tmp_path / "a~2.md"
     (tmp_path / "a~2.md.meta.json").write_text("{}")  # a published sidecar also reserves it
     assert unique_name(first) == tmp_path / "a~3.md"
+
+
+def test_created_with_data_and_no_write_seen_settles_without_a_close() -> None:
+    # A file written before its new folder's watch existed: no write, no close.
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    t.observe(P, Arrival.CREATED, 0.0)
+    t.due(0.1, st)
+    assert t.due(1.2, st) == [P]
+
+
+def test_created_empty_file_waits_for_its_close() -> None:
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    st.value = (0, 1)
+    t.observe(P, Arrival.CREATED, 0.0)
+    t.due(0.1, st)
+    assert t.due(5.0, st) == []
+    t.observe(P, Arrival.CLOSED, 5.0)
+    assert t.due(6.1, st) == [P]
