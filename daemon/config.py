@@ -125,6 +125,12 @@ class ProfileSettings(BaseModel):
     limits: Limits = Limits()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    @field_validator("data_root", "models_dir")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Relative paths are taken from the working directory, once, at load time."""
+        return value.absolute() if value is not None else None
+
     @field_validator("http_host")
     @classmethod
     def _host_not_empty(cls, value: str) -> str:

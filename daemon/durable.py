@@ -14,12 +14,19 @@ from pathlib import Path
 from daemon import faults
 
 __all__ = [
+    "COLLISION_ROOM",
+    "NAME_MAX",
     "atomic_write",
     "durable_move",
+    "fit_name",
     "fsync_dir",
     "fsync_file",
     "unique_name",
 ]
+
+NAME_MAX = 255  # bytes in one path component on Linux filesystems
+# Room kept free in every published name for a collision suffix ("~2" … "~9999999").
+COLLISION_ROOM = 8
 
 
 def fsync_dir(path: Path) -> None:
@@ -89,6 +96,20 @@ def durable_move(src: Path, dst: Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+def fit_name(name: str, room: int = 0) -> str:
+    """``name``, its stem shortened (whole characters) so that it plus ``room`` bytes
+    fits in NAME_MAX. An input may use all 255 bytes; its output, its sidecar
+    (``.meta.json``, ``.error.json``) and a collision suffix then would not fit."""
+    limit = NAME_MAX - room
+    if len(os.fsencode(name)) <= limit:
+        return name
+    dot = name.rfind(".")
+    stem, suffix = (name[:dot], name[dot:]) if dot > 0 else (name, "")
+    while stem and len(os.fsencode(stem + suffix)) > limit:
+        stem = stem[:-1]
+    return stem + suffix
 
 
 def unique_name(path: Path, taken: set[Path] | None = None) -> Path:

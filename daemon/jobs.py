@@ -10,6 +10,7 @@ A job lives in ``.state/jobs/<job_id>/``:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -90,6 +91,12 @@ class Job:
     def staged_sidecar(self) -> Path:
         return self.folder / "sidecar.json"
 
+    def reload(self) -> None:
+        """Read the record back: after a failed write it says which step was durable."""
+        self.record = JobRecord.model_validate_json((self.folder / "job.json").read_bytes())
+        if self.record.phase == "claiming" and self.input_path.exists():
+            self.record.phase = "claimed"  # the move happened; its record update did not
+
     def save(self) -> None:
         atomic_write(
             self.folder / "job.json",
@@ -123,24 +130,35 @@ class JobStore:
             detected_at=detected_at,
         )
         job = Job(folder, record)
-        job.save()
-        fsync_dir(self.root.jobs)
-        job.input_dir.mkdir()
-        faults.delay("claim")
         try:
+            job.save()
+            fsync_dir(self.root.jobs)
+            job.input_dir.mkdir()
+            faults.delay("claim")
             durable_move(path, job.input_path)
-        except FileNotFoundError:
-            shutil.rmtree(folder)
-            return None
+        except OSError as exc:
+            if job.input_path.exists() or job.input_path.is_symlink():
+                raise  # moved in after all: recovery finds it by its record
+            shutil.rmtree(folder, ignore_errors=True)  # nothing was moved: no trace left
+            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+                return None  # someone else took it
+            raise
         record.phase = "claimed"
         record.claimed_at = utcnow()
-        job.save()
+        # If this write fails, the record on disk stays "claiming" with the input
+        # moved in: Job.reload() and recovery both treat that as claimed.
+        with contextlib.suppress(OSError):
+            job.save()
         return job
 
     def fill_input_facts(self, job: Job) -> None:
-        """sha256 and size of a regular input (never opened otherwise)."""
+        """sha256 and size of a regular input with one link (never opened otherwise).
+
+        A file with more than one hard link is refused unread: the other name may
+        be a file outside the inbox that the dropper could not otherwise read.
+        """
         st = os.lstat(job.input_path)
-        if stat.S_ISREG(st.st_mode):
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             job.record.input_size = st.st_size
             job.record.input_sha256 = sha256_file(job.input_path)
             job.save()

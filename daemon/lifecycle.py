@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import os
 import shutil
 import stat
@@ -47,6 +48,7 @@ from daemon.sidecar import (
     Sidecar,
     Timings,
 )
+from daemon.storage import is_storage_error, storage_trouble, wait_for_storage
 from daemon.workers import LanePool, WorkerReply
 
 __all__ = ["FailureNote", "Lifecycle"]
@@ -104,18 +106,53 @@ class Lifecycle:
         """Take the settled file out of the inbox (blocking: run it in a thread)."""
         job = self.store.claim(path, detected_at)
         if job is not None:
-            self.store.fill_input_facts(job)
+            try:
+                self.store.fill_input_facts(job)
+            except OSError as exc:  # a full disk: the facts are filled in before publishing
+                log.warning("input_facts_deferred", job_id=job.id, error=str(exc))
         return job
 
     # -- 2..5. route, convert, publish ---------------------------------------------
 
     async def process(self, job: Job) -> None:
+        """Convert and publish one job. A full or read-only data root pauses the job
+        (it stays in .state) until writes work again, then resumes it from the step
+        its record names; the input is never failed for it."""
         self.active[job.id] = job
+        try:
+            while True:
+                try:
+                    if job.record.phase in ("publishing", "failing"):
+                        await self._finish_recorded(job)
+                    else:
+                        await self._process_once(job)
+                    return
+                except OSError as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    log.warning("job_paused_by_storage", job_id=job.id, error=str(exc))
+                await wait_for_storage(self.root, self.settings.min_free_disk_mb, job.id)
+                job.reload()
+        finally:
+            self.active.pop(job.id, None)
+
+    async def _finish_recorded(self, job: Job) -> None:
+        """The remaining renames of a job whose publishing or failing was interrupted."""
+        async with self._publish_lock:
+            if job.record.phase == "publishing":
+                await asyncio.to_thread(self.publisher.finish_success, job)
+            else:
+                await asyncio.to_thread(self.publisher.finish_failure, job)
+        log.info("job_finished_after_pause", job_id=job.id, phase=job.record.phase)
+
+    async def _process_once(self, job: Job) -> None:
         bound = log.bind(job_id=job.id, profile=self.settings.name, input=job.record.relative_path)
         resolved: ResolvedRoute | None = None
         started: datetime | None = None
         try:
             self._refuse_unsafe_entry(job)
+            if job.record.input_sha256 is None:
+                await asyncio.to_thread(self.store.fill_input_facts, job)
             resolved = self.root.resolve(job.record.relative, self.settings.default_targets)
             bound = bound.bind(route=f"{resolved.source}->{resolved.target}")
             converter = self.registry.get(resolved.source, resolved.target)
@@ -123,6 +160,12 @@ class Lifecycle:
             started = datetime.now(UTC)
             reply = await self._convert(job, resolved, converter.lane, options)
         except SirError as exc:
+            trouble = await asyncio.to_thread(
+                storage_trouble, self.root, self.settings.min_free_disk_mb
+            )
+            if trouble is not None:
+                # The worker most likely ran into the same full or read-only disk.
+                raise OSError(errno.ENOSPC, f"{exc.code} while {trouble}") from exc
             bound.warning("job_failed", code=exc.code, error=exc.message)
             await self._fail(job, exc, resolved, started)
         else:
@@ -132,8 +175,6 @@ class Lifecycle:
                 output=job.record.output_relative,
                 seconds=reply.get("convert_seconds"),
             )
-        finally:
-            self.active.pop(job.id, None)
 
     def _refuse_unsafe_entry(self, job: Job) -> None:
         """Only regular files with one link are read. Others are never opened."""
@@ -299,10 +340,16 @@ class Lifecycle:
             phase = job.record.phase
             has_input = job.input_path.exists() or job.input_path.is_symlink()
             log.info("recovering_job", job_id=job.id, phase=phase, input=job.record.relative_path)
-            if phase == "publishing":
-                self.publisher.finish_success(job)
-            elif phase == "failing":
-                self.publisher.finish_failure(job)
+            if phase in ("publishing", "failing"):
+                try:
+                    if phase == "publishing":
+                        self.publisher.finish_success(job)
+                    else:
+                        self.publisher.finish_failure(job)
+                except OSError as exc:
+                    if not is_storage_error(exc):
+                        raise
+                    resume.append(job)  # process() finishes it once the disk takes writes
             elif not has_input:
                 # The claim rename never happened: the file is still in the inbox.
                 self.store.finish(job)
@@ -316,6 +363,8 @@ class Lifecycle:
         return resume
 
     def crash_looped(self, job: Job) -> SirError | None:
+        if job.record.phase != "claimed":
+            return None  # converted already; only its renames are left
         if job.record.attempts >= self.settings.max_attempts:
             return CrashLoop(
                 f"the daemon stopped {job.record.attempts} times while converting this file"

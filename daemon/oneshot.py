@@ -31,7 +31,14 @@ async def _convert(
 
     output_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".sir-convert-a-lot-", dir=output_dir))
-    settings = profile.model_copy(update={"data_root": scratch, "name": profile.name})
+    # Files are converted one after another: one warm worker per lane is enough.
+    settings = profile.model_copy(
+        update={
+            "data_root": scratch,
+            "cpu": profile.cpu.model_copy(update={"workers": 1}),
+            "gpu": profile.gpu.model_copy(update={"workers": 1}),
+        }
+    )
     service = Service(Settings(profiles={settings.name: settings}), settings)
     root = service.root
     root.create()

@@ -11,12 +11,24 @@ import os
 from pathlib import Path, PurePosixPath
 
 from daemon import faults
-from daemon.durable import atomic_write, durable_move, fsync_file, unique_name
+from daemon.durable import (
+    COLLISION_ROOM,
+    atomic_write,
+    durable_move,
+    fit_name,
+    fsync_file,
+    unique_name,
+)
 from daemon.jobs import Job, JobStore, sha256_file
 from daemon.layout import DataRoot
 from daemon.sidecar import OutputInfo, Sidecar
 
 __all__ = ["Publisher"]
+
+
+def _fitted(relative: PurePosixPath, room: int) -> PurePosixPath:
+    """``relative`` with its name shortened to leave ``room`` bytes (see fit_name)."""
+    return relative.with_name(fit_name(relative.name, room))
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -79,13 +91,14 @@ class Publisher:
         if self.delete_on_success:
             source.unlink()
             return
-        target = unique_name(self.root.archive / job.record.relative_path)
+        target = unique_name(self.root.archive / _fitted(job.record.relative, COLLISION_ROOM))
         durable_move(source, target)
 
     # -- failure ---------------------------------------------------------------
 
     def stage_failure(self, job: Job, sidecar: Sidecar) -> None:
-        target = unique_name(self.root.failed / job.record.relative_path)
+        room = len(".error.json") + COLLISION_ROOM
+        target = unique_name(self.root.failed / _fitted(job.record.relative, room))
         job.record.failed_relative = _rel(target, self.root.failed)
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
         job.record.phase = "failing"

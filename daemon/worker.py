@@ -9,15 +9,19 @@ Heavy imports (docling, torch, weasyprint) happen here, never in the main proces
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any
 
 __all__ = ["main"]
+
+_PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
 
 def _protocol_stream() -> IO[str]:
@@ -38,12 +42,39 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _die_with_daemon() -> None:
+    """Linux: end this worker, and whatever it started, when the daemon dies.
+
+    A daemon killed with SIGKILL cannot stop its workers; without this a worker
+    would finish its job (or its warm-up) as an orphan, racing the restarted
+    daemon over the same job folder, and a pandoc child would run on for up to
+    its own timeout. The kernel sends SIGTERM when the parent exits; the handler
+    kills the worker's whole process group (the worker leads it), children too.
+    """
+    parent = os.getppid()
+
+    def on_parent_death(signum: int, frame: object) -> None:
+        if os.getpgrp() == os.getpid():
+            os.killpg(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    signal.signal(signal.SIGTERM, on_parent_death)
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the closed stdin still ends an idle worker
+    if os.getppid() != parent:  # the daemon died before prctl took effect
+        on_parent_death(signal.SIGTERM, None)
+
+
 def _send(stream: IO[str], message: dict[str, Any]) -> None:
     stream.write(json.dumps(message) + "\n")
     stream.flush()
 
 
 def main() -> int:
+    _die_with_daemon()
     proto = _protocol_stream()
     # Offline for good: no hub downloads, ever, in the worker.
     os.environ["HF_HUB_OFFLINE"] = "1"

@@ -96,14 +96,22 @@ class WorkerProcess:
         return reply
 
     async def kill(self) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+        """SIGKILL the worker's process group: the worker and its children (pandoc).
+
+        Also when the worker itself is already gone: a child it left behind would
+        otherwise go on writing into the job folder that the retry reuses.
+        """
+        if self.proc is None:
             return
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, 9)
         await self.proc.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
-        if self.proc is None or self.proc.returncode is not None:
+        if self.proc is None:
+            return
+        if self.proc.returncode is not None:
+            await self.kill()  # sweep children of a worker that died
             return
         if self.proc.stdin is not None:
             self.proc.stdin.close()
@@ -264,7 +272,12 @@ class LanePool:
                 continue
             worker = await self._ensure_worker(slot)
             if item.on_start is not None:
-                item.on_start()
+                try:
+                    item.on_start()
+                except Exception as exc:  # e.g. a full disk: the job's owner decides
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                    continue
             slot.busy_since, slot.job_id = time.monotonic(), str(item.job.get("job_id"))
             in_flight = self.metrics.in_flight.labels(self.lane.value)
             in_flight.inc()

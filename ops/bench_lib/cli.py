@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -64,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         metavar="SECTIONS",
         help=f"comma-separated subset of: {', '.join(SECTIONS)}",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=N",
+        help="override one size of the mode, e.g. --set scale_files=5000 (see the JSON's plan)",
     )
     parser.add_argument("--workdir", type=Path, help="work here instead of a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
@@ -133,6 +141,13 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     plan = MODES[args.mode]
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in vars(plan) or key in ("name", "sections") or not value.isdigit():
+            print(f"ops/bench: --set {item}: not a size of the plan", file=sys.stderr)
+            return 2
+        changes: dict[str, Any] = {key: int(value)}
+        plan = dataclasses.replace(plan, **changes)
     wanted = tuple(s for s in args.only.split(",") if s) or plan.sections
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:

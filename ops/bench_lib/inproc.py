@@ -84,6 +84,7 @@ class InProcessPool:
     def start(self) -> InProcessPool:
         env = offline_env()
         env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "ops")])
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")  # as daemon.worker sets it
         started = time.monotonic()
         for _ in range(self.workers):
             proc = subprocess.Popen(

@@ -61,7 +61,11 @@ def _one(bench: Bench, label: str, recycle: int) -> dict[str, Any]:
             time.sleep(SAMPLE_SECONDS)
         # The GPU-lane worker gets none of these jobs: it is the first worker whose
         # CPU time did not grow. Everything else is a CPU-lane worker (or its successor).
-        grown = {pid: (procfs.cpu_seconds(pid) or 0.0) - cpu for pid, cpu in initial.items()}
+        grown: dict[int, float] = {}
+        for pid, cpu in initial.items():
+            now = procfs.cpu_seconds(pid)
+            # A worker that is gone was recycled: a CPU-lane worker.
+            grown[pid] = now - cpu if now is not None else float("inf")
         idle = min(grown, key=lambda pid: grown[pid]) if grown else None
         restarts = daemon.restarts()
     finally:

@@ -106,19 +106,12 @@ class _Runner:
         last, failed = self.observer.wait_batch(prefix, count, c.target, timeout=1800)
         return RunResult(seconds=last - first, files=count, failed=failed)
 
-    def in_process(self, c: Comparison, count: int, reps: int) -> tuple[list[RunResult], float]:
-        pool = InProcessPool(c.source, c.target, self.workers[c.lane], self.bench.models_dir)
-        pool.start()
-        try:
-            runs = []
-            for rep in range(reps):
-                where = self.bench.folder(f"inproc/{c.key}/r{rep}")
-                files = self.copies(c, count, where / "in", "f")
-                runs.append(pool.run(files, where / "out"))
-                shutil.rmtree(where)
-        finally:
-            pool.close()
-        return runs, pool.warm_seconds
+    def in_process_run(self, pool: InProcessPool, c: Comparison, count: int, rep: int) -> RunResult:
+        where = self.bench.folder(f"inproc/{c.key}/r{rep}")
+        files = self.copies(c, count, where / "in", "f")
+        result = pool.run(files, where / "out")
+        shutil.rmtree(where)
+        return result
 
     def cli(self, c: Comparison, alternative: str, count: int, rep: int) -> RunResult:
         where = self.bench.folder(f"cli/{c.key}/{alternative}/r{rep}")
@@ -179,12 +172,22 @@ def measure_throughput(
             continue
         count = plan.pdf_files if c.slow else plan.daemon_files
         parallel = runner.workers[c.lane]
+        pool = InProcessPool(c.source, c.target, parallel, bench.models_dir)
+        bench.log(f"throughput {c.key}: warming {parallel} in-process baseline process(es)")
+        pool.start()
         restarts_before = daemon.restarts()
-        bench.log(f"throughput {c.key}: daemon, {plan.reps} x {count} files")
-        ours = [runner.daemon_run(c, count, rep) for rep in range(plan.reps)]
+        bench.log(f"throughput {c.key}: daemon and in-process loop, {plan.reps} x {count} files")
+        ours: list[RunResult] = []
+        loop: list[RunResult] = []
+        try:
+            # Alternate, so that a change in the machine's load hits both alike.
+            for rep in range(plan.reps):
+                ours.append(runner.daemon_run(c, count, rep))
+                loop.append(runner.in_process_run(pool, c, count, rep))
+        finally:
+            pool.close()
         restarts_after = daemon.restarts()
-        bench.log(f"throughput {c.key}: in-process loop, {parallel} process(es)")
-        loop, warm = runner.in_process(c, count, plan.reps)
+        warm = pool.warm_seconds
         entry: dict[str, Any] = {
             "route": f"{c.source}->{c.target}",
             "input_kind": c.kind,

@@ -130,7 +130,8 @@ def test_convert_several_files_to_docx(
     assert run.code == 0, run.stderr
     out = sources / "OUT"
     check_result(out, sources / "a.md", "a.docx", "md->docx")
-    check_result(out, sources / "b.html", "b.docx", "html->docx")
+    car = check_result(out, sources / "b.html", "b.docx", "html->docx")
+    assert car["warnings"] == ["local_resource_blocked"]  # its image is not embedded
     car = check_result(out, sources / "c.pdf", "c.docx", "pdf->docx")
     assert car["input"]["pages"] == 1
     assert web_docs.MD_HEADING in docx_text(out / "a.docx")

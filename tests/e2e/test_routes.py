@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,8 @@ ROUTES: dict[str, tuple[str, str, str]] = {
     "to-docx/page.html": ("html->docx", "pandoc", "to-docx/page.docx"),
     "to-docx/report.pdf": ("pdf->docx", "pdf2docx", "to-docx/report.docx"),
     "to-md/handbook.docx": ("docx->md", "docling", "to-md/handbook.md"),
+    "to-pdf/styled/memo.md": ("md->pdf", "weasyprint", "to-pdf/styled/memo.pdf"),
+    "to-docx/styled/memo.md": ("md->docx", "pandoc", "to-docx/styled/memo.docx"),
 }
 
 
@@ -120,6 +123,8 @@ def _make(kind: str, dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     if kind == "text_pdf":
         return office_docs.make_text_pdf(dest)
+    if kind == "long_pdf":
+        return office_docs.make_text_pdf(dest, pages=LONG_PAGES)
     if kind == "scan_pdf":
         return office_docs.make_scanned_pdf(dest)
     if kind == "docx":
@@ -155,11 +160,36 @@ SAMPLES: dict[str, str] = {
     "to-md/raw/sub/scan.pdf": "scan_pdf",
     "to-md/ocr/deep/scan.pdf": "scan_pdf",
     "to-md/scan.pdf": "scan_pdf",
+    "to-pdf/styled/memo.md": "md",
+    "to-docx/styled/memo.md": "md",
 }
+LONG_PAGES = 40
+if LONG:
+    SAMPLES |= {"to-md/long.pdf": "long_pdf", "to-docx/long.pdf": "long_pdf"}
+    ROUTES |= {
+        "to-md/long.pdf": ("pdf->md", "docling", "to-md/long.md"),
+        "to-docx/long.pdf": ("pdf->docx", "pdf2docx", "to-docx/long.docx"),
+    }
 OPTIONS = {
     "to-md/raw": '[options]\nnormalize_markdown = false\nocr = "off"\n',
     "to-md/ocr": '[options]\nocr = "force"\n',
+    # paths are relative to the options file; hidden folders are never picked up
+    "to-pdf/styled": '[options]\nstylesheet = ".styles/house.css"\n',
+    "to-docx/styled": '[options]\nreference_docx = "../.templates/house.docx"\n',
 }
+HOUSE_MARK = "HOUSE-STYLE-MARK"
+HOUSE_FONT = "Courier New"
+
+
+def _make_house_files(inbox: Path) -> None:
+    css = inbox / "to-pdf/styled/.styles/house.css"
+    css.parent.mkdir(parents=True)
+    css.write_text(f'h1::before {{ content: "{HOUSE_MARK} " }}\n')
+    reference = docx.Document()
+    reference.styles["Heading 1"].font.name = HOUSE_FONT
+    template = inbox / "to-docx/.templates/house.docx"
+    template.parent.mkdir(parents=True)
+    reference.save(str(template))
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +205,7 @@ def drop(tmp_path_factory: pytest.TempPathFactory, tiny_models_dir: Path) -> Ite
         for folder, text in OPTIONS.items():
             (daemon.inbox / folder).mkdir(parents=True, exist_ok=True)
             (daemon.inbox / folder / OPTIONS_FILE).write_text(text)
+        _make_house_files(daemon.inbox)
         # Assets first (they stay), then each document by an atomic rename of a copy.
         for relative, kind in SAMPLES.items():
             target = daemon.inbox / relative
@@ -300,7 +331,7 @@ def test_html_to_pdf_uses_the_image_beside_it(drop: Drop) -> None:
 
 
 def test_md_and_html_to_docx(drop: Drop) -> None:
-    check_sidecar(drop, "to-docx/field.md")
+    assert check_sidecar(drop, "to-docx/field.md")["warnings"] == []
     content = read_docx(drop.output("to-docx/field.docx"))
     assert web_docs.MD_HEADING in content.styled("Heading 1")
     assert web_docs.MD_PARAGRAPH in content.text
@@ -309,7 +340,9 @@ def test_md_and_html_to_docx(drop: Drop) -> None:
     assert web_docs.MD_TABLE_CELL in content.cells
     assert "Westfield" in content.cells
 
-    check_sidecar(drop, "to-docx/page.html")
+    # pandoc's sandbox reads only the document: the image beside it is left out, and
+    # the sidecar says so instead of losing it silently.
+    assert check_sidecar(drop, "to-docx/page.html")["warnings"] == ["local_resource_blocked"]
     html = read_docx(drop.output("to-docx/page.docx"))
     assert web_docs.HTML_HEADING in html.styled("Heading 1")
     assert web_docs.HTML_PARAGRAPH in html.text
@@ -356,12 +389,47 @@ def test_options_files_are_honoured_and_inherited(drop: Drop) -> None:
     assert not list(daemon.failed.rglob(f"{OPTIONS_FILE}*"))
 
 
+def test_stylesheet_and_reference_docx_options(drop: Drop) -> None:
+    daemon = drop.daemon
+    check_sidecar(drop, "to-pdf/styled/memo.md")
+    text = pdf_text(daemon.outbox / "to-pdf/styled/memo.pdf")
+    assert f"{HOUSE_MARK} {web_docs.MD_HEADING}" in text
+    assert "1 / 1" not in text  # the house stylesheet replaces print.css (and its footer)
+    assert "1 / 1" in pdf_text(drop.output("field.pdf"))
+
+    check_sidecar(drop, "to-docx/styled/memo.md")
+    styled = docx.Document(str(daemon.outbox / "to-docx/styled/memo.docx"))
+    assert styled.styles["Heading 1"].font.name == HOUSE_FONT
+    plain = docx.Document(str(drop.output("to-docx/field.docx")))
+    assert plain.styles["Heading 1"].font.name != HOUSE_FONT
+    # the template and the stylesheet stay where they are, unconverted
+    assert (daemon.inbox / "to-docx/.templates/house.docx").is_file()
+    assert (daemon.inbox / "to-pdf/styled/.styles/house.css").is_file()
+
+
 def test_nothing_failed_and_the_daemon_stays_ready(drop: Drop) -> None:
     for relative in SAMPLES:
-        # every sample not in ROUTES was dropped under to-md/
+        # every sample not in ROUTES was dropped under to-md/ (the options checks)
         output = ROUTES[relative][2] if relative in ROUTES else relative.rsplit(".", 1)[0] + ".md"
         assert drop.daemon.sidecar(output)["status"] == "succeeded"
+        # the original is archived, then the job folder goes: both just after the sidecar
+        drop.daemon.wait_for(drop.daemon.archive / relative, timeout=30)
+    jobs = drop.daemon.root / ".state" / "jobs"
+    deadline = time.monotonic() + 30
+    while list(jobs.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(jobs.iterdir()) == []
     assert list(drop.daemon.failed.rglob("*.error.json")) == []
-    assert list((drop.daemon.root / ".state" / "jobs").iterdir()) == []
     status, body = drop.daemon.get("/readyz")
     assert status == 200 and body["ready"] is True
+
+
+@pytest.mark.skipif(not LONG, reason="long mode only (SIR_CONVERT_A_LOT_TEST_LONG=1)")
+def test_long_pdfs_keep_every_page(drop: Drop) -> None:
+    car = check_sidecar(drop, "to-md/long.pdf")
+    assert car["input"]["pages"] == LONG_PAGES
+    md = drop.output("to-md/long.md").read_text(encoding="utf-8")
+    assert f"Page {LONG_PAGES}" in words(md)
+    car = check_sidecar(drop, "to-docx/long.pdf")
+    assert car["input"]["pages"] == LONG_PAGES
+    assert f"Page {LONG_PAGES}" in read_docx(drop.output("to-docx/long.docx")).text

@@ -230,48 +230,58 @@ def _rsync(*args: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(["rsync", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _interrupt_when_partial(proc: subprocess.Popen[bytes], folder: Path, name: str) -> None:
-    """Wait until rsync's hidden temp file holds some data, then interrupt rsync."""
+def _interrupt_when_written(proc: subprocess.Popen[bytes], folder: Path, pattern: str) -> None:
+    """Wait until the file rsync writes (``pattern`` in ``folder``) holds some data, then
+    interrupt rsync (SIGINT, as Ctrl-C or a dropped session would)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        temps = [p for p in folder.glob(f".{name}.*") if p.is_file()]
-        if any(p.stat().st_size >= 256 * 1024 for p in temps):
+        if any(p.is_file() and p.stat().st_size >= 256 * 1024 for p in folder.glob(pattern)):
             break
         assert proc.poll() is None, "rsync finished before it could be interrupted"
         time.sleep(0.05)
     else:
-        raise AssertionError("rsync's temp file never grew")
+        raise AssertionError(f"rsync never wrote {folder / pattern}")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=30) != 0
 
 
-def test_rsync_default_inplace_and_an_interrupted_partial_dir_resume(
+def test_rsync_default_inplace_trees_and_interrupted_transfers_resumed(
     writer_daemon: Daemon,
 ) -> None:
     d = writer_daemon
     folder = _folder(d, "rsync")
     src = d.base / "src-rsync"
-    src.mkdir()
+    (src / "tree" / "sub").mkdir(parents=True)
     (src / "plain.md").write_bytes(big_markdown(BIG, "rsync default"))
     (src / "inplace.md").write_bytes(big_markdown(BIG, "rsync inplace"))
-    (src / "resumed.md").write_bytes(big_markdown(2 * 1024 * 1024, "rsync resumed"))
-    expected = {p.stem: sha(p) for p in src.iterdir()}
+    (src / "again.md").write_bytes(big_markdown(2 * 1024 * 1024, "rsync default resumed"))
+    (src / "resumed.md").write_bytes(big_markdown(2 * 1024 * 1024, "rsync partial-dir resumed"))
+    for rel in ("tree/t.md", "tree/sub/s.md"):
+        (src / rel).write_bytes(small_markdown(f"rsync -r {rel}"))
+    expected = {str(p.relative_to(src))[:-3]: sha(p) for p in src.rglob("*.md")}
 
     # Default: a hidden temp file (ignored), then one rename onto the final name.
     assert _rsync(str(src / "plain.md"), f"{folder}/").wait() == 0
     # --inplace: written under the final name, closed, then its times set.
     assert _rsync("--inplace", str(src / "inplace.md"), f"{folder}/").wait() == 0
+    # -r into new folders: renames into folders created a moment before.
+    assert _rsync("-r", f"{src / 'tree'}", f"{folder}/").wait() == 0
 
-    # --partial-dir: an interrupted transfer parks its partial file in a hidden
-    # folder (ignored); resuming finishes it and renames it onto the final name.
-    proc = _rsync(
+    # Interrupted: the default discards its temp file; --partial-dir parks the
+    # partial file in a hidden folder (ignored). Neither is converted.
+    again = _rsync("--bwlimit=300", str(src / "again.md"), f"{folder}/")
+    resumed = _rsync(
         "--partial-dir=.rsync-partial", "--bwlimit=300", str(src / "resumed.md"), f"{folder}/"
     )
-    _interrupt_when_partial(proc, folder, "resumed.md")
+    _interrupt_when_written(again, folder, ".again.md.*")
+    _interrupt_when_written(resumed, folder, ".resumed.md.*")
     parked = folder / ".rsync-partial" / "resumed.md"
     assert parked.is_file() and parked.stat().st_size < (src / "resumed.md").stat().st_size
     wait_idle(d)
-    assert outputs_for(d, "to-docx/rsync/resumed.docx") == [], "the partial file was converted"
+    assert outputs_for(d, "to-docx/rsync/again.docx") == []
+    assert outputs_for(d, "to-docx/rsync/resumed.docx") == [], "a partial file was converted"
+    # Later, the same commands finish the job (--partial-dir resumes from the parked part).
+    assert _rsync(str(src / "again.md"), f"{folder}/").wait() == 0
     assert _rsync("--partial-dir=.rsync-partial", str(src / "resumed.md"), f"{folder}/").wait() == 0
 
     wait_idle(d)
@@ -279,26 +289,37 @@ def test_rsync_default_inplace_and_an_interrupted_partial_dir_resume(
         assert_converted_once(d, f"to-docx/rsync/{stem}.docx", digest)
 
 
-def test_rsync_plain_partial_publishes_the_partial_file(writer_daemon: Daemon) -> None:
+def test_rsync_interrupted_with_plain_partial_or_inplace_publishes_the_partial_file(
+    writer_daemon: Daemon,
+) -> None:
     """Documented limitation (docs/settling.md): interrupted, plain ``--partial`` renames
-    the partial file onto the final name; a rename means "complete", so it is converted.
-    The resumed transfer then arrives as a new file (the collision rule: ``name~2``)."""
+    the partial file onto the final name (a rename means complete) and ``--inplace``
+    leaves it there, closed; either is converted as it is. The resumed transfer then
+    arrives as a new file and takes the collision rule, ``name~2``."""
     d = writer_daemon
     folder = _folder(d, "rsync-partial")
     src = d.base / "src-rsync-partial"
     src.mkdir()
-    full = big_markdown(2 * 1024 * 1024, "rsync plain partial")
-    (src / "p.md").write_bytes(full)
-    proc = _rsync("--partial", "--bwlimit=300", str(src / "p.md"), f"{folder}/")
-    _interrupt_when_partial(proc, folder, "p.md")
-    first = d.sidecar("to-docx/rsync-partial/p.docx")
-    size = first["input"]["size_bytes"]
-    assert 0 < size < len(full)
-    assert first["input"]["sha256"] == sha_bytes(full[:size])
+    full = {name: big_markdown(2 * 1024 * 1024, f"rsync {name}") for name in ("p", "i")}
+    for name, data in full.items():
+        (src / f"{name}.md").write_bytes(data)
+    partial = _rsync("--partial", "--bwlimit=300", str(src / "p.md"), f"{folder}/")
+    inplace = _rsync("--inplace", "--bwlimit=300", str(src / "i.md"), f"{folder}/")
+    _interrupt_when_written(partial, folder, ".p.md.*")
+    _interrupt_when_written(inplace, folder, "i.md")
+    for name, data in full.items():
+        first = d.sidecar(f"to-docx/rsync-partial/{name}.docx")
+        size = first["input"]["size_bytes"]
+        assert 0 < size < len(data)
+        assert first["input"]["sha256"] == sha_bytes(data[:size])
     assert _rsync("--partial", str(src / "p.md"), f"{folder}/").wait() == 0
+    assert _rsync("--inplace", str(src / "i.md"), f"{folder}/").wait() == 0
     wait_idle(d)
-    assert outputs_for(d, "to-docx/rsync-partial/p.docx") == ["p.docx", "p~2.docx"]
-    assert d.sidecar("to-docx/rsync-partial/p~2.docx")["input"]["sha256"] == sha_bytes(full)
+    for name, data in full.items():
+        published = outputs_for(d, f"to-docx/rsync-partial/{name}.docx")
+        assert published == [f"{name}.docx", f"{name}~2.docx"]
+        car = d.sidecar(f"to-docx/rsync-partial/{name}~2.docx")
+        assert car["input"]["sha256"] == sha_bytes(data)
 
 
 def test_a_burst_of_small_files_moved_in_at_once(writer_daemon: Daemon) -> None:
