@@ -19,6 +19,7 @@ __all__ = [
     "DependencyMissing",
     "EncryptedInput",
     "GpuUnavailable",
+    "InputStillChanging",
     "InputTooLarge",
     "ModelsMissing",
     "NotRegularFile",
@@ -147,6 +148,14 @@ class CrashLoop(ConversionError):
 
     code = "crash_loop"
     exit_code = EX_TEMPFAIL
+
+
+class InputStillChanging(ConversionError):
+    """A writer kept changing the file after it settled, even across retries."""
+
+    code = "input_still_changing"
+    exit_code = EX_TEMPFAIL
+    retryable = True
 
 
 class ConverterFailed(ConversionError):

@@ -7,6 +7,7 @@ power loss leaves either the old state or the new one, never a torn file.
 
 from __future__ import annotations
 
+import errno
 import os
 import uuid
 from pathlib import Path
@@ -14,7 +15,6 @@ from pathlib import Path
 from daemon import faults
 
 __all__ = [
-    "COLLISION_ROOM",
     "NAME_MAX",
     "atomic_write",
     "durable_move",
@@ -25,8 +25,6 @@ __all__ = [
 ]
 
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
-# Room kept free in every published name for a collision suffix ("~2" … "~9999999").
-COLLISION_ROOM = 8
 
 
 def fsync_dir(path: Path) -> None:
@@ -98,41 +96,65 @@ def durable_move(src: Path, dst: Path) -> None:
         fsync_dir(src.parent)
 
 
-def fit_name(name: str, room: int = 0) -> str:
-    """``name``, its stem shortened (whole characters) so that it plus ``room`` bytes
-    fits in NAME_MAX. An input may use all 255 bytes; its output, its sidecar
-    (``.meta.json``, ``.error.json``) and a collision suffix then would not fit."""
-    limit = NAME_MAX - room
-    if len(os.fsencode(name)) <= limit:
-        return name
+def _split(name: str) -> tuple[str, str]:
     dot = name.rfind(".")
-    stem, suffix = (name[:dot], name[dot:]) if dot > 0 else (name, "")
-    while stem and len(os.fsencode(stem + suffix)) > limit:
+    return (name[:dot], name[dot:]) if dot > 0 else (name, "")
+
+
+def _fit(stem: str, tail: str, room: int) -> str:
+    """``stem`` shortened (whole characters) so that ``stem + tail`` plus ``room``
+    bytes fits in NAME_MAX."""
+    limit = NAME_MAX - room
+    while stem and len(os.fsencode(stem + tail)) > limit:
         stem = stem[:-1]
-    return stem + suffix
+    return stem
 
 
-def unique_name(path: Path, taken: set[Path] | None = None) -> Path:
+def fit_name(name: str, room: int = 0) -> str:
+    """``name``, its stem shortened so that it plus ``room`` bytes fits in NAME_MAX.
+
+    An input may use all 255 bytes; its output name (another extension) and its
+    sidecar (``.meta.json``, ``.error.json``) would then not fit."""
+    if len(os.fsencode(name)) + room <= NAME_MAX:
+        return name
+    stem, suffix = _split(name)
+    return _fit(stem, suffix, room) + suffix
+
+
+def _lexists(path: Path) -> bool:
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False  # such a name cannot exist
+        raise
+    return True
+
+
+def unique_name(path: Path, taken: set[Path] | None = None, *, room: int = 0) -> Path:
     """``path`` if free, else ``stem~2.ext``, ``stem~3.ext``… (the collision rule).
 
     A name counts as taken if it exists, its sidecar exists, or it is in ``taken``.
+    Names are shortened where needed so that each, plus ``room`` bytes for a
+    companion such as ``.error.json``, fits in NAME_MAX.
     """
 
     def busy(candidate: Path) -> bool:
         sidecar = candidate.with_name(candidate.name + ".meta.json")
         return (
-            candidate.exists()
-            or candidate.is_symlink()
-            or sidecar.exists()
-            or (taken is not None and candidate in taken)
+            _lexists(candidate) or _lexists(sidecar) or (taken is not None and candidate in taken)
         )
 
-    if not busy(path):
-        return path
-    stem, suffix = path.stem, path.suffix
+    first = path.with_name(fit_name(path.name, room))
+    if not busy(first):
+        return first
+    stem, suffix = _split(path.name)
     n = 2
     while True:
-        candidate = path.with_name(f"{stem}~{n}{suffix}")
+        tag = f"~{n}{suffix}"
+        candidate = path.with_name(_fit(stem, tag, room) + tag)
         if not busy(candidate):
             return candidate
         n += 1

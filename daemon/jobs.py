@@ -55,6 +55,7 @@ class JobRecord(BaseModel):
     attempts: int = 0
     input_sha256: str | None = None
     input_size: int | None = None
+    input_mtime_ns: int | None = None
     output_relative: str | None = None  # chosen outbox path, once publishing
     failed_relative: str | None = None  # chosen failed/ path, once failing
     archive_relative: str | None = None
@@ -160,8 +161,14 @@ class JobStore:
         st = os.lstat(job.input_path)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
             job.record.input_size = st.st_size
+            job.record.input_mtime_ns = st.st_mtime_ns
             job.record.input_sha256 = sha256_file(job.input_path)
             job.save()
+
+    def input_changed(self, job: Job) -> bool:
+        """Did a writer that still held the file open change it after the claim?"""
+        st = os.lstat(job.input_path)
+        return (st.st_size, st.st_mtime_ns) != (job.record.input_size, job.record.input_mtime_ns)
 
     def load_all(self) -> list[Job]:
         """Every job folder, for recovery. Half-created folders are cleaned up."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from converters.errors import ConfigError, UnsupportedRoute
-from daemon.durable import COLLISION_ROOM, fit_name
+from daemon.durable import fit_name
 
 __all__ = ["TARGET_FOLDERS", "DataRoot", "ResolvedRoute", "normalize_extension"]
 
@@ -44,11 +44,11 @@ class ResolvedRoute:
     def output_relative(self) -> PurePosixPath:
         """Relative to outbox/: same folders, the name with the target's extension.
 
-        A very long name is shortened so that the output, its ``.meta.json`` and a
-        collision suffix fit in one path component (255 bytes).
+        A very long name is shortened so that the output and its ``.meta.json``
+        fit in one path component (255 bytes).
         """
         name = f"{self.relative_path.stem}.{self.target}"
-        return self.relative_path.with_name(fit_name(name, room=len(".meta.json") + COLLISION_ROOM))
+        return self.relative_path.with_name(fit_name(name, room=len(".meta.json")))
 
 
 @dataclass(frozen=True)

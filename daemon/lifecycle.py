@@ -27,6 +27,7 @@ import structlog
 from converters.base import AccelerationInfo, ConvertOptions, Lane
 from converters.errors import (
     CrashLoop,
+    InputStillChanging,
     NotRegularFile,
     SirError,
     WorkerCrashed,
@@ -230,6 +231,20 @@ class Lifecycle:
                 continue
             if not reply.get("ok"):
                 raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+            if job.record.input_size is not None and await asyncio.to_thread(
+                self.store.input_changed, job
+            ):
+                # A writer still had the file open and went on writing after it
+                # settled: this result is of a half-written file. Wait, convert again.
+                if job.record.attempts >= self.settings.max_attempts:
+                    raise InputStillChanging(
+                        "the file kept changing while it was converted; "
+                        "drop it again once it is complete"
+                    )
+                log.warning("input_changed_during_conversion", job_id=job.id)
+                await asyncio.sleep(self.settings.settle_seconds)
+                await asyncio.to_thread(self.store.fill_input_facts, job)
+                continue
             return reply
 
     @staticmethod

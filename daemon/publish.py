@@ -12,10 +12,8 @@ from pathlib import Path, PurePosixPath
 
 from daemon import faults
 from daemon.durable import (
-    COLLISION_ROOM,
     atomic_write,
     durable_move,
-    fit_name,
     fsync_file,
     unique_name,
 )
@@ -24,11 +22,6 @@ from daemon.layout import DataRoot
 from daemon.sidecar import OutputInfo, Sidecar
 
 __all__ = ["Publisher"]
-
-
-def _fitted(relative: PurePosixPath, room: int) -> PurePosixPath:
-    """``relative`` with its name shortened to leave ``room`` bytes (see fit_name)."""
-    return relative.with_name(fit_name(relative.name, room))
 
 
 def _rel(path: Path, base: Path) -> str:
@@ -50,7 +43,7 @@ class Publisher:
     ) -> None:
         """Fix the output name and stage the sidecar durably, before any move."""
         fsync_file(output)
-        target = unique_name(self.root.outbox / wanted)
+        target = unique_name(self.root.outbox / wanted, room=len(".meta.json"))
         relative = _rel(target, self.root.outbox)
         sidecar.output = OutputInfo(
             path=relative, sha256=sha256_file(output), size_bytes=output.stat().st_size
@@ -91,14 +84,13 @@ class Publisher:
         if self.delete_on_success:
             source.unlink()
             return
-        target = unique_name(self.root.archive / _fitted(job.record.relative, COLLISION_ROOM))
+        target = unique_name(self.root.archive / job.record.relative_path)
         durable_move(source, target)
 
     # -- failure ---------------------------------------------------------------
 
     def stage_failure(self, job: Job, sidecar: Sidecar) -> None:
-        room = len(".error.json") + COLLISION_ROOM
-        target = unique_name(self.root.failed / _fitted(job.record.relative, room))
+        target = unique_name(self.root.failed / job.record.relative_path, room=len(".error.json"))
         job.record.failed_relative = _rel(target, self.root.failed)
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
         job.record.phase = "failing"

@@ -168,8 +168,11 @@ class Readiness:
     def _writable(self) -> CheckResult:
         probe = self.service.root.tmp / f"ready-{uuid.uuid4().hex}"
         try:
-            probe.write_bytes(b"ok")
-            probe.unlink()
+            try:
+                probe.write_bytes(b"ok")
+            finally:
+                # A full disk creates the file and then fails the write: no litter.
+                probe.unlink(missing_ok=True)
             for folder in self.service.root.folders():
                 if not os.access(folder, os.W_OK | os.X_OK):
                     raise PermissionError(f"{folder} is not writable")
