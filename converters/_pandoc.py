@@ -17,7 +17,8 @@ PANDOC_TIMEOUT_SECONDS = 300
 LOCAL_RESOURCE_BLOCKED = "local_resource_blocked"
 REMOTE_RESOURCE_BLOCKED = "remote_resource_blocked"
 _NOT_FETCHED = re.compile(r"Could not fetch resource (\S+?):? ")
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# A URL naming another host; file: URLs (file:///etc/passwd) are local reads.
+_URL = re.compile(r"^(?![Ff][Ii][Ll][Ee]:)[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @functools.cache

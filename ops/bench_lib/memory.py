@@ -94,19 +94,23 @@ def _shape(
     samples: list[tuple[int, dict[int, float]]],
     restarts: dict[str, float],
 ) -> dict[str, Any]:
+    # One mark per fifth of the jobs: the largest CPU-worker RSS seen in that
+    # window (a window max is not fooled by a worker sampled while starting).
     marks: list[dict[str, float | int]] = []
-    usable = [(done, rss) for done, rss in samples if rss]
-    for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
-        goal = int(jobs * fraction)
-        hit = next((s for s in usable if s[0] >= goal), usable[-1] if usable else None)
-        if hit is not None:
-            marks.append(
-                {
-                    "jobs_done": hit[0],
-                    "max_worker_rss_mb": max(hit[1].values()),
-                    "sum_rss_mb": round(sum(hit[1].values()), 1),
-                }
-            )
+    # A worker still starting (below half the warm RSS) says nothing about growth.
+    floor = 0.5 * max((v for k, v in warm.items() if k != idle_pid and v), default=0.0)
+    usable = [
+        (done, kept)
+        for done, rss in samples
+        if (kept := {p: r for p, r in rss.items() if r >= floor})
+    ]
+    low = 0
+    for fraction in (0.2, 0.4, 0.6, 0.8, 1.0):
+        high = int(jobs * fraction)
+        window = [max(rss.values()) for done, rss in usable if low <= done <= high]
+        if window:
+            marks.append({"jobs_done": high, "max_worker_rss_mb": max(window)})
+        low = high
     seen = {pid for _, rss in usable for pid in rss}
     peak = max((max(rss.values()) for _, rss in usable), default=0.0)
     first = float(marks[0]["max_worker_rss_mb"]) if marks else 0.0

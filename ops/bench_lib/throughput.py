@@ -9,7 +9,8 @@ For every compared route the same files go through:
 * the alternatives: the tool's own CLI once per file (as many at a time as the
   lane has workers) and, for docling, once for the whole batch.
 
-Each is repeated; medians are reported. Throughput ratios compare files per
+Each is repeated; medians are reported. The daemon's and the loop's repetitions
+alternate, so a change in the machine's load hits both alike. Throughput ratios compare files per
 second; overhead compares the daemon's and the loop's wall time on the same N.
 """
 

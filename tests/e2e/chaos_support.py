@@ -34,7 +34,6 @@ __all__ = [
     "audit",
     "long_mode",
     "make_inputs",
-    "output_relative",
     "phases",
     "sha",
 ]
@@ -165,12 +164,6 @@ def make_inputs(staging: Path, count: int, seed: int) -> dict[str, str]:
             path.write_bytes(_docx_bytes(title))
         made[relative] = sha(path)
     return made
-
-
-def output_relative(input_relative: str) -> str:
-    folder = input_relative.split("/", 1)[0]
-    target = {"to-docx": "docx", "to-pdf": "pdf", "to-md": "md"}[folder]
-    return input_relative.rsplit(".", 1)[0] + "." + target
 
 
 # -- phases ----------------------------------------------------------------------------

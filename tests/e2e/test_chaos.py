@@ -48,6 +48,7 @@ ROUND = (
     + ("conversion",) * 5
     + ("early",) * 4
 )
+TARGETS = frozenset({"claim", "conversion", "sidecar_write", "publish", "archive", "finish"})
 NEEDS_WARM = frozenset({"sidecar_write", "publish", "archive", "finish", "random"})
 
 
@@ -129,12 +130,15 @@ def _kill_worker_mid_job(daemon: FaultyDaemon, staging: Path) -> None:
     assert daemon.metric("sir_convert_a_lot_worker_restarts_total", reason="crash") >= 1
 
 
+@pytest.mark.timeout(3600 if long_mode() else 600)
 def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> None:
     long = long_mode()
     total, kills = (400, 110) if long else (150, 20)
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
-    daemon = FaultyDaemon(tmp_path, faults={"delay": DELAYS})
+    # Targeted kills land right after warm-up, when the same recovered jobs are in
+    # flight again; five attempts keep most of them on the success path.
+    daemon = FaultyDaemon(tmp_path, extra_config="max_attempts = 5\n", faults={"delay": DELAYS})
     staging = tmp_path / "staging"
     originals = make_inputs(staging, total, seed)
     pending = list(originals)
@@ -145,15 +149,18 @@ def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> 
     plan = [ROUND[i % len(ROUND)] for i in range(kills)]
     rng.shuffle(plan)
     batch = -(-total // kills)
+    retries = kills // 4  # a target whose phase had moved on by the kill is tried again
     hit: dict[str, int] = {}
     missed: list[str] = []
+    done = 0
     try:
-        for i, target in enumerate(plan):
+        while plan:
+            target = plan.pop()
             drop_now, pending = pending[:batch], pending[batch:]
-            if i % 2 == 0:  # half the drops land while the daemon is down
+            if done % 2 == 0:  # half the drops land while the daemon is down
                 _drop(staging, daemon.inbox, drop_now)
             daemon.start(wait_ready=False)
-            if i % 2 == 1:
+            if done % 2 == 1:
                 _drop(staging, daemon.inbox, drop_now)
             if target in NEEDS_WARM:
                 daemon.wait_lane_warm("cpu")
@@ -161,11 +168,18 @@ def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> 
                 time.sleep(rng.uniform(0.3, 3.0))
             elif target == "random":
                 time.sleep(rng.uniform(0.0, 2.0))
-            elif not _wait_phase(daemon, target, timeout=20):
-                missed.append(target)
+            else:
+                _wait_phase(daemon, target, timeout=20)
             _kill_and_reap(daemon)
-            for phase in phases(daemon.root):
+            done += 1
+            found = phases(daemon.root)
+            for phase in found:
                 hit[phase] = hit.get(phase, 0) + 1
+            if target in TARGETS and target not in found:
+                missed.append(target)
+                if retries > 0:
+                    retries -= 1
+                    plan.append(target)
 
         daemon.start(wait_ready=False)
         _drop(staging, daemon.inbox, pending)
@@ -182,7 +196,7 @@ def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> 
         originals[rel] = sha(kept)
     result = audit(daemon.root, originals)
     report = (
-        f"chaos seed={seed} kills={kills} files={len(originals)} "
+        f"chaos seed={seed} kills={done} files={len(originals)} "
         f"succeeded={len(result.succeeded)} failed={result.codes()} "
         f"phases_hit={dict(sorted(hit.items()))} targets_missed={missed}"
     )

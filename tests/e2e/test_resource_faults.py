@@ -162,9 +162,14 @@ def test_full_disk_pauses_intake_and_work_resumes_when_space_returns(
             time.sleep(3)  # jobs run into the full disk
             ballast.unlink()
         else:
-            # Injected ENOSPC: every durable write of the daemon fails for a while.
+            # Injected ENOSPC: once jobs are under way, every durable write of the
+            # daemon fails for a while.
+            originals.update(_drop(daemon, [f"in-flight-{i}.md" for i in range(12)]))
+            deadline = time.monotonic() + 30
+            while not any((daemon.root / ".state/jobs").iterdir()):
+                assert time.monotonic() < deadline, "no job was claimed"
+                time.sleep(0.005)
             flag.touch()
-            originals.update(_drop(daemon, [f"in-flight-{i}.md" for i in range(8)]))
             time.sleep(4)
             flag.unlink()
         _wait_done(daemon, originals)
