@@ -13,6 +13,7 @@ from converters.errors import ConverterFailed, DependencyMissing, Timeout
 __all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
 
 PANDOC_TIMEOUT_SECONDS = 300
+PANDOC_HEAP_MB = 2048
 # The same codes the WeasyPrint routes use for a resource they did not load.
 LOCAL_RESOURCE_BLOCKED = "local_resource_blocked"
 REMOTE_RESOURCE_BLOCKED = "remote_resource_blocked"
@@ -70,7 +71,9 @@ def run_pandoc(
     therefore left out (an image beside the document, a remote image) adds
     ``local_resource_blocked`` / ``remote_resource_blocked`` to ``warnings``.
     """
-    cmd = [pandoc_path(), "--sandbox", *args]
+    # The heap cap turns a hostile document (deeply nested lists, huge tables)
+    # into a quick pandoc failure instead of a machine-wide OOM.
+    cmd = [pandoc_path(), "+RTS", f"-M{PANDOC_HEAP_MB}m", "-RTS", "--sandbox", *args]
     try:
         done = subprocess.run(
             cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False

@@ -148,6 +148,7 @@ class CrashLoop(ConversionError):
 
     code = "crash_loop"
     exit_code = EX_TEMPFAIL
+    retryable = True  # the daemon may have been killed for reasons of its own
 
 
 class InputStillChanging(ConversionError):

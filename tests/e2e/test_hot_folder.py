@@ -29,6 +29,14 @@ def write_source(base: Path, name: str, text: str = MD) -> Path:
     return path
 
 
+def wait_until_empty(folder: Path, timeout: float = 10.0) -> list[Path]:
+    """Archiving and clean-up follow the sidecar by a moment: give them that moment."""
+    deadline = time.monotonic() + timeout
+    while (left := list(folder.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def docx_text(path: Path) -> str:
     return "\n".join(p.text for p in docx.Document(str(path)).paragraphs)
 
@@ -74,7 +82,7 @@ def test_cp_mv_and_rsync_drops_convert_once_with_full_sidecars(daemon: Daemon) -
     # Originals are archived under the mirrored path; nothing is left behind.
     assert sha(daemon.archive / "to-docx/by-cp.md") == sha(a)
     assert sorted(p.name for p in (daemon.inbox / "to-docx").rglob("*") if p.is_file()) == []
-    assert list((daemon.root / ".state" / "jobs").iterdir()) == []
+    assert wait_until_empty(daemon.root / ".state" / "jobs") == []
     assert daemon.stop() == 0
 
 
@@ -167,7 +175,7 @@ def test_sigkill_mid_conversion_then_restart_accounts_for_every_input(daemon: Da
         assert sha(out) == s["output"]["sha256"]
     outputs = [p for p in (daemon.outbox / "to-docx").iterdir() if not p.name.endswith(".json")]
     assert len(outputs) == len(names), "no output without sidecar, no duplicates"
-    assert list((daemon.root / ".state" / "jobs").iterdir()) == []
+    assert wait_until_empty(daemon.root / ".state" / "jobs") == []
     assert list((daemon.root / ".state" / "tmp").iterdir()) == []
     assert sorted(p.name for p in (daemon.archive / "to-docx").iterdir()) == sorted(names)
 
