@@ -255,10 +255,10 @@ class LanePool:
             return worker
 
     async def _replace(self, slot: SlotState, reason: str) -> None:
+        slot.warm = False  # before the first await: other slots see it at once
         worker = self._workers.pop(slot.index, None)
         if worker is not None:
             await worker.stop(grace=2.0)
-        slot.warm = False
         self.metrics.worker_restarts.labels(self.lane.value, reason).inc()
         log.info("worker_replaced", lane=self.lane.value, reason=reason)
         await self._ensure_worker(slot)
@@ -298,5 +298,12 @@ class LanePool:
                 item.future.set_result(reply)
             if worker.last_rss_mb > self.settings.memory_ceiling_mb:
                 await self._replace(slot, "memory")
-            elif worker.jobs_done >= self.settings.recycle_after_jobs:
+            elif worker.jobs_done >= self.settings.recycle_after_jobs and all(
+                other.warm for other in self.slots if other is not slot
+            ):
+                # Never more than one slot of a lane warming up for a recycle: the
+                # workers share the jobs evenly, so they reach the limit together,
+                # and recycling them at once stopped the lane for a warm-up (ops/bench).
+                # A deferred recycle is retried after the next job; the memory
+                # ceiling above still applies.
                 await self._replace(slot, "recycle")
