@@ -77,6 +77,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _f(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v:g}" for k, v in value.items()) or "none"
     if isinstance(value, float):
         return f"{value:.{digits}f}"
     return str(value)
@@ -186,7 +188,7 @@ def _tables(report: dict[str, Any]) -> list[Table]:
                     f"main CPU with rescans every {d['rescan_interval_seconds']} s",
                     f"{100 * d['main_cpu_fraction']:.1f} % of a core",
                 ],
-                ["main RSS, MB", _f(d["main_rss_mb"])],
+                ["main RSS, MB", _f(d["main_rss_mb"], 1)],
                 [
                     "pick-up p50 / p99 during rescans, s",
                     f"{_f(d['pickup_to_claim_during_rescans']['p50'])} / "

@@ -130,7 +130,7 @@ def measure_scan(bench: Bench, *, empty_listening_seconds: float | None) -> dict
     later = rescan["later"]
     result: dict[str, Any] = {
         "idle_files": count,
-        "idle_file_kind": "*.png (asset: kept in the inbox, never converted)",
+        "idle_file_kind": "png images, assets kept in the inbox and never converted",
         "create_seconds": round(create_seconds, 2),
         "scan_inbox_seconds": round(median(walk), 3),
         "scan_inbox_entries": found,
