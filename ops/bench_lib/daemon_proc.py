@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_lib import procfs
+from daemon.layout import DataRoot
 
 __all__ = ["REPO", "BenchDaemon", "free_port"]
 
@@ -59,16 +60,21 @@ class BenchDaemon:
     # -- paths -----------------------------------------------------------------
 
     @property
+    def layout(self) -> DataRoot:
+        """The data root's folders, as the daemon itself names them."""
+        return DataRoot(self.root)
+
+    @property
     def inbox(self) -> Path:
-        return self.root / "inbox"
+        return self.layout.inbox
 
     @property
     def outbox(self) -> Path:
-        return self.root / "outbox"
+        return self.layout.outbox
 
     @property
     def failed(self) -> Path:
-        return self.root / "failed"
+        return self.layout.failed
 
     @property
     def staging(self) -> Path:
