@@ -13,6 +13,7 @@ from pathlib import Path
 from converters.errors import ConfigError, SirError
 from daemon.config import ProfileSettings, Settings, check_data_roots, load_settings
 from daemon.logs import configure_logging
+from daemon.names import printable
 from daemon.revision import code_dirs
 
 __all__ = ["main"]
@@ -125,7 +126,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     _, profile = _load(args)
     moved = retry_failed(profile, [Path(p) for p in args.paths])
     for src, dst in moved:
-        print(f"{src} -> {dst}")
+        print(f"{printable(str(src))} -> {printable(str(dst))}")
     print(f"{len(moved)} file(s) moved back into the inbox", file=sys.stderr)
     return 0
 
@@ -151,15 +152,22 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"lane {lane:<4} workers {info['workers']} warm {info['warm']} "
             f"queued {info['queue_depth']} outstanding {info['outstanding']}"
         )
+    # Every name and message came from a dropper: printed escaped, so a name
+    # holding terminal escape sequences shows as text instead of acting.
     for job in data["in_flight"]:
         print(
             f"  running {job['running_seconds']:>8.1f} s  {job['lane']}  pid {job['worker_pid']}"
-            f"  {job['file']}"
+            f"  {printable(str(job['file']))}"
         )
     for job in data["queue"]:
-        print(f"  queued  {job['file']}")
+        print(f"  queued  {printable(str(job['file']))}")
+    for job in data.get("stuck", []):
+        print(f"  stuck   {job['job_id']}  {printable(str(job['file']))}")
     for fail in data["recent_failures"][:10]:
-        print(f"  failed  {fail['at'][:19]}  {fail['code']:<20} {fail['relative_path']}")
+        print(
+            f"  failed  {printable(fail['at'][:19])}  {printable(fail['code']):<20} "
+            f"{printable(fail['relative_path'])}"
+        )
     return 0
 
 

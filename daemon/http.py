@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from daemon.names import readable
 from daemon.readiness import Readiness
 
 if TYPE_CHECKING:
@@ -87,7 +88,7 @@ def status_payload(service: Service) -> dict[str, Any]:
                 in_flight.append(
                     {
                         "job_id": slot.job_id,
-                        "file": job.record.relative_path if job else None,
+                        "file": readable(job.record.relative_path) if job else None,
                         "lane": lane.value,
                         "worker_pid": slot.pid,
                         "running_seconds": round(now - slot.busy_since, 3),
@@ -97,12 +98,12 @@ def status_payload(service: Service) -> dict[str, Any]:
     waiting = [j for j in service.lifecycle.active.values() if j.id not in running]
     # A job being published or failed is done converting: it is not "queued".
     queued = [
-        {"job_id": job.id, "file": job.record.relative_path}
+        {"job_id": job.id, "file": readable(job.record.relative_path)}
         for job in waiting
         if job.record.phase in ("claiming", "claimed")
     ]
     finishing = [
-        {"job_id": job.id, "file": job.record.relative_path, "phase": job.record.phase}
+        {"job_id": job.id, "file": readable(job.record.relative_path), "phase": job.record.phase}
         for job in waiting
         if job.record.phase not in ("claiming", "claimed")
     ]
@@ -122,6 +123,8 @@ def status_payload(service: Service) -> dict[str, Any]:
             for lane, pool in service.pools.items()
         },
         "recent_failures": [vars(f) for f in reversed(service.lifecycle.failures)],
+        # Jobs an unexpected error left in .state; recovery finishes them on restart.
+        "stuck": [{"job_id": k, "file": v} for k, v in service.stuck.items()],
     }
 
 

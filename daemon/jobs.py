@@ -13,30 +13,52 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from converters.beneath import Beneath, open_dir_beneath, split_relative
 from daemon import faults
-from daemon.durable import atomic_write, durable_move, fsync_dir
+from daemon.durable import atomic_write, fsync_dir
 from daemon.layout import DataRoot
+from daemon.names import StoredPath
 
-__all__ = ["Job", "JobRecord", "JobStore", "sha256_file"]
+if TYPE_CHECKING:
+    from converters.base import ConvertOptions
+    from converters.errors import SirError
+
+__all__ = ["Job", "JobRecord", "JobStore", "sha256_fd", "sha256_file"]
+
+log = structlog.get_logger("sir_convert_a_lot.jobs")
 
 Phase = Literal["claiming", "claimed", "publishing", "failing"]
+JOB_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}$")
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def sha256_fd(fd: int) -> str:
+    """sha256 of an open file from its start (the offset is not restored)."""
+    digest = hashlib.sha256()
+    os.lseek(fd, 0, os.SEEK_SET)
+    while chunk := os.read(fd, 1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """sha256 of a file the daemon wrote itself (never one a dropper named)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        return sha256_fd(fd)
+    finally:
+        os.close(fd)
 
 
 def utcnow() -> datetime:
@@ -46,9 +68,9 @@ def utcnow() -> datetime:
 class JobRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    job_id: str
+    job_id: str = Field(pattern=JOB_ID.pattern)
     profile: str
-    relative_path: str  # inbox-relative, '/'-separated
+    relative_path: StoredPath  # inbox-relative, '/'-separated, any bytes
     phase: Phase
     detected_at: datetime
     claimed_at: datetime | None = None
@@ -56,9 +78,16 @@ class JobRecord(BaseModel):
     input_sha256: str | None = None
     input_size: int | None = None
     input_mtime_ns: int | None = None
-    output_relative: str | None = None  # chosen outbox path, once publishing
-    failed_relative: str | None = None  # chosen failed/ path, once failing
-    archive_relative: str | None = None
+    output_relative: StoredPath | None = None  # chosen outbox path, once publishing
+    failed_relative: StoredPath | None = None  # chosen failed/ path, once failing
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_retired_fields(cls, data: object) -> object:
+        """Records written by 0.1.0 carry an unused ``archive_relative``."""
+        if isinstance(data, dict):
+            data.pop("archive_relative", None)
+        return data
 
     @property
     def relative(self) -> PurePosixPath:
@@ -66,11 +95,17 @@ class JobRecord(BaseModel):
 
 
 class Job:
-    """A claimed job: its record and the paths of its folder."""
+    """A claimed job: its record, the paths of its folder, and what the claim
+    pinned for the conversion (the drop folder's descriptor, the options)."""
 
     def __init__(self, folder: Path, record: JobRecord) -> None:
         self.folder = folder
         self.record = record
+        # The folder the file was dropped in, opened during the claim's walk:
+        # a swap of that folder for a symlink afterwards cannot redirect reads.
+        self.drop_fd: int | None = None
+        self.options: ConvertOptions | None = None
+        self.options_error: SirError | None = None
 
     @property
     def id(self) -> str:
@@ -89,6 +124,11 @@ class Job:
         return self.folder / "work"
 
     @property
+    def options_dir(self) -> Path:
+        """Private copies of the files the options name (stylesheet, reference docx)."""
+        return self.folder / "options"
+
+    @property
     def staged_sidecar(self) -> Path:
         return self.folder / "sidecar.json"
 
@@ -105,24 +145,71 @@ class Job:
             tmp_dir=self.folder,
         )
 
+    def release(self) -> None:
+        """Close what the claim pinned (idempotent)."""
+        if self.drop_fd is not None:
+            os.close(self.drop_fd)
+            self.drop_fd = None
+
 
 class JobStore:
     def __init__(self, root: DataRoot, profile: str) -> None:
         self.root = root
         self.profile = profile
+        self._inbox_fd: int | None = None
 
-    def claim(self, path: Path, detected_at: datetime) -> Job | None:
-        """Move ``path`` out of the inbox into a new job folder, durably.
+    @property
+    def inbox_fd(self) -> int:
+        """The inbox, opened once: every walk into it starts here, not at a path."""
+        if self._inbox_fd is None:
+            self._inbox_fd = os.open(self.root.inbox, _DIR)
+        return self._inbox_fd
 
-        Returns ``None`` if the file vanished first (someone else took it). The
-        record is written before the rename so recovery always knows where the
-        input came from. Symlinks, FIFOs and folders are moved as entries: they
-        are never followed or opened.
+    def close(self) -> None:
+        if self._inbox_fd is not None:
+            os.close(self._inbox_fd)
+            self._inbox_fd = None
+
+    def open_levels(self, relative: PurePosixPath) -> list[int] | None:
+        """Descriptors of the inbox and of each folder down to ``relative``'s parent,
+        opened one beneath the other without following links.
+
+        None when the walk fails: a folder on the way is gone, or was replaced by
+        a file or a symlink. Whatever is then at that path is not in the inbox's
+        own tree, and a later scan finds what really is there.
         """
-        relative = self.root.inbox_relative(path)
+        try:
+            parts = split_relative(str(relative))
+        except Beneath:
+            return None
+        levels = [os.dup(self.inbox_fd)]
+        try:
+            for part in parts[:-1]:
+                levels.append(open_dir_beneath(levels[-1], [part]))
+        except Beneath:
+            for fd in levels:
+                os.close(fd)
+            return None
+        return levels
+
+    def claim(self, relative: PurePosixPath, folder_fd: int, detected_at: datetime) -> Job | None:
+        """Move the entry ``relative.name`` out of its folder (``folder_fd``, from
+        ``open_levels``) into a new job folder, durably.
+
+        Returns ``None`` if the entry vanished first (someone else took it). The
+        record is written before the rename so recovery always knows where the
+        input came from. The rename works on the folder's descriptor, so it can
+        only ever move an entry that is really inside the inbox. Symlinks, FIFOs
+        and folders are moved as entries: they are never followed or opened.
+        """
+        name = relative.name
+        try:
+            os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
         job_id = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         folder = self.root.jobs / job_id
-        folder.mkdir()
+        folder.mkdir(mode=0o700)
         record = JobRecord(
             job_id=job_id,
             profile=self.profile,
@@ -136,12 +223,18 @@ class JobStore:
             fsync_dir(self.root.jobs)
             job.input_dir.mkdir()
             faults.delay("claim")
-            durable_move(path, job.input_path)
+            input_fd = os.open(job.input_dir, _DIR)
+            try:
+                os.rename(name, name, src_dir_fd=folder_fd, dst_dir_fd=input_fd)
+                os.fsync(input_fd)
+            finally:
+                os.close(input_fd)
+            os.fsync(folder_fd)
         except OSError as exc:
-            if job.input_path.exists() or job.input_path.is_symlink():
+            if os.path.lexists(job.input_path):
                 raise  # moved in after all: recovery finds it by its record
             shutil.rmtree(folder, ignore_errors=True)  # nothing was moved: no trace left
-            if isinstance(exc, FileNotFoundError) and not os.path.lexists(path):
+            if isinstance(exc, FileNotFoundError | NotADirectoryError):
                 return None  # someone else took it
             raise
         record.phase = "claimed"
@@ -156,14 +249,22 @@ class JobStore:
         """sha256 and size of a regular input with one link (never opened otherwise).
 
         A file with more than one hard link is refused unread: the other name may
-        be a file outside the inbox that the dropper could not otherwise read.
+        be a file outside the inbox that the dropper could not otherwise read. The
+        checks and the hash use one descriptor opened without following links.
         """
-        st = os.lstat(job.input_path)
-        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            job.record.input_size = st.st_size
-            job.record.input_mtime_ns = st.st_mtime_ns
-            job.record.input_sha256 = sha256_file(job.input_path)
-            job.save()
+        try:
+            fd = os.open(job.input_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # a symlink, a FIFO without writer...: refused later, unread
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+                job.record.input_size = st.st_size
+                job.record.input_mtime_ns = st.st_mtime_ns
+                job.record.input_sha256 = sha256_fd(fd)
+                job.save()
+        finally:
+            os.close(fd)
 
     def input_changed(self, job: Job) -> bool:
         """Did a writer that still held the file open change it after the claim?"""
@@ -171,20 +272,42 @@ class JobStore:
         return (st.st_size, st.st_mtime_ns) != (job.record.input_size, job.record.input_mtime_ns)
 
     def load_all(self) -> list[Job]:
-        """Every job folder, for recovery. Half-created folders are cleaned up."""
+        """Every job folder, for recovery. Half-created folders are cleaned up.
+
+        A record that does not validate (a path that climbs out, a foreign job id,
+        garbage) is never acted on: its folder is moved to ``.state/quarantine/``
+        for an operator, and the daemon starts anyway.
+        """
         jobs: list[Job] = []
         if not self.root.jobs.is_dir():
             return jobs
         for folder in sorted(self.root.jobs.iterdir()):
             record_path = folder / "job.json"
+            if not folder.is_dir() or folder.is_symlink():
+                self._quarantine(folder, "not a job folder")
+                continue
             if not record_path.is_file():
                 # Crashed before the record was durable: nothing was moved in yet.
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
-            record = JobRecord.model_validate_json(record_path.read_bytes())
+            try:
+                record = JobRecord.model_validate_json(record_path.read_bytes())
+                if record.job_id != folder.name or record.profile != self.profile:
+                    raise ValueError("the record names another job or profile")
+            except (ValidationError, ValueError, OSError) as exc:
+                self._quarantine(folder, str(exc).splitlines()[0][:300])
+                continue
             jobs.append(Job(folder, record))
         return jobs
 
+    def _quarantine(self, folder: Path, reason: str) -> None:
+        target = self.root.state / "quarantine" / f"{folder.name[:100]}-{uuid.uuid4().hex[:8]}"
+        target.parent.mkdir(mode=0o700, exist_ok=True)
+        os.rename(folder, target)
+        fsync_dir(self.root.jobs)
+        log.error("job_record_quarantined", folder=str(target), reason=reason)
+
     def finish(self, job: Job) -> None:
+        job.release()
         shutil.rmtree(job.folder)
         fsync_dir(self.root.jobs)

@@ -96,9 +96,18 @@ class DataRoot:
         ]
 
     def create(self) -> None:
-        """Create the layout (idempotent) and check it sits on one filesystem."""
+        """Create the layout (idempotent) and check it sits on one filesystem.
+
+        ``.state`` is the daemon's alone (mode 0700, whatever the umask): the
+        people who drop files share the service group and may write the inbox,
+        but a job record they could plant or edit would steer the daemon's
+        renames (docs/security.md).
+        """
         for folder in self.folders():
             folder.mkdir(parents=True, exist_ok=True)
+        for private in (self.state, self.jobs, self.tmp):
+            if os.stat(private).st_mode & 0o777 != 0o700:
+                os.chmod(private, 0o700)
         self.check_one_filesystem()
 
     def exists(self) -> bool:

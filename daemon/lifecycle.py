@@ -29,6 +29,7 @@ from converters.errors import (
     CrashLoop,
     InputStillChanging,
     NotRegularFile,
+    OptionsInvalid,
     SirError,
     WorkerCrashed,
     error_for_code,
@@ -38,6 +39,7 @@ from daemon.config import ProfileSettings
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
+from daemon.names import lossless_b64, readable
 from daemon.options import resolve_options
 from daemon.publish import Publisher
 from daemon.sidecar import (
@@ -104,14 +106,63 @@ class Lifecycle:
             return Lane.CPU  # it will fail fast, cheaply
 
     def claim(self, path: Path, detected_at: datetime) -> Job | None:
-        """Take the settled file out of the inbox (blocking: run it in a thread)."""
-        job = self.store.claim(path, detected_at)
-        if job is not None:
-            try:
-                self.store.fill_input_facts(job)
-            except OSError as exc:  # a full disk: the facts are filled in before publishing
-                log.warning("input_facts_deferred", job_id=job.id, error=str(exc))
+        """Take the settled file out of the inbox (blocking: run it in a thread).
+
+        One walk from the inbox descriptor down to the file's folder, never
+        following a link, serves the claim's rename, the options files and the
+        drop folder the worker will read resources from. Once the file is in the
+        job folder, this returns the job whatever else fails: a job that exists
+        must reach a task, or it would sit unseen in .state until a restart.
+        """
+        relative = self.root.inbox_relative(path)
+        levels = self.store.open_levels(relative)
+        if levels is None:
+            return None  # the folder was swapped or removed: nothing to claim there
+        try:
+            job = self.store.claim(relative, levels[-1], detected_at)
+            if job is not None:
+                self._pin(job, levels)
+        finally:
+            for fd in levels:
+                os.close(fd)
         return job
+
+    def _pin(self, job: Job, levels: list[int] | None) -> None:
+        """Pin what the conversion will read: the drop folder's descriptor, the
+        options (with private copies of the files they name), the input's facts."""
+        try:
+            if levels is None:
+                # Recovery, and the drop folder is gone: the document keeps only itself.
+                job.drop_fd = os.open(job.input_dir, os.O_RDONLY | os.O_DIRECTORY)
+                job.options = self.settings.options
+            else:
+                job.drop_fd = os.dup(levels[-1])
+                job.options = resolve_options(
+                    self.settings.options,
+                    levels,
+                    job.record.relative,
+                    job.options_dir,
+                    self.settings.limits,
+                )
+        except SirError as exc:
+            job.options_error = exc
+        except Exception as exc:
+            log.exception("options_unreadable", job_id=job.id)
+            job.options_error = OptionsInvalid(f"the options could not be read: {exc!r}"[:500])
+        try:
+            self.store.fill_input_facts(job)
+        except OSError as exc:  # a full disk: the facts are filled in before publishing
+            log.warning("input_facts_deferred", job_id=job.id, error=str(exc))
+
+    def repin(self, job: Job) -> None:
+        """After a restart: walk to the drop folder again (blocking)."""
+        job.release()
+        levels = self.store.open_levels(job.record.relative)
+        try:
+            self._pin(job, levels)
+        finally:
+            for fd in levels or []:
+                os.close(fd)
 
     # -- 2..5. route, convert, publish ---------------------------------------------
 
@@ -136,6 +187,7 @@ class Lifecycle:
                 job.reload()
         finally:
             self.active.pop(job.id, None)
+            job.release()
 
     async def _finish_recorded(self, job: Job) -> None:
         """The remaining renames of a job whose publishing or failing was interrupted."""
@@ -157,7 +209,9 @@ class Lifecycle:
             resolved = self.root.resolve(job.record.relative, self.settings.default_targets)
             bound = bound.bind(route=f"{resolved.source}->{resolved.target}")
             converter = self.registry.get(resolved.source, resolved.target)
-            options = resolve_options(self.settings.options, self.root.inbox, job.record.relative)
+            if job.options_error is not None:
+                raise job.options_error
+            options = job.options or self.settings.options
             started = datetime.now(UTC)
             reply = await self._convert(job, resolved, converter.lane, options)
         except SirError as exc:
@@ -268,8 +322,9 @@ class Lifecycle:
             profile=self.settings.name,
             route=RouteInfo(source=resolved.source, target=resolved.target) if resolved else None,
             input=InputInfo(
-                name=job.record.relative.name,
-                relative_path=job.record.relative_path,
+                name=readable(job.record.relative.name),
+                relative_path=readable(job.record.relative_path),
+                relative_path_b64=lossless_b64(job.record.relative_path),
                 sha256=job.record.input_sha256,
                 size_bytes=job.record.input_size,
             ),
@@ -326,7 +381,9 @@ class Lifecycle:
         started: datetime | None,
     ) -> None:
         sidecar = self._sidecar(job, resolved, started, "failed")
-        sidecar.error = ErrorInfo(code=error.code, message=error.message, retryable=error.retryable)
+        sidecar.error = ErrorInfo(
+            code=error.code, message=readable(error.message), retryable=error.retryable
+        )
         async with self._publish_lock:
             await asyncio.to_thread(self.publisher.stage_failure, job, sidecar)
             await asyncio.to_thread(self.publisher.finish_failure, job)
@@ -337,9 +394,9 @@ class Lifecycle:
         self.failures.append(
             FailureNote(
                 job.id,
-                job.record.relative_path,
+                readable(job.record.relative_path),
                 error.code,
-                error.message,
+                readable(error.message),
                 datetime.now(UTC).isoformat(),
             )
         )
@@ -372,8 +429,7 @@ class Lifecycle:
                 if phase == "claiming":
                     job.record.phase = "claimed"
                     job.save()
-                if job.record.input_sha256 is None:
-                    self.store.fill_input_facts(job)
+                self.repin(job)
                 resume.append(job)
         return resume
 

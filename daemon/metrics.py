@@ -102,6 +102,12 @@ class Metrics:
             "Unix time of the last successful job.",
             registry=r,
         )
+        self.internal_errors = Counter(
+            f"{NS}_internal_errors",
+            "Unexpected exceptions contained by the supervisor, by where (claim, job, supervisor).",
+            ["where"],
+            registry=r,
+        )
         self.build_info = Info(f"{NS}_build", "Version, revision and profile.", registry=r)
 
     def route_label(self, route: str) -> str:

@@ -3,69 +3,165 @@
 The profile's ``options`` table is the default. A file named
 ``.sir-convert-a-lot.toml`` with an ``[options]`` table in any inbox folder
 overrides it for that folder and its subfolders; deeper files win. Paths in it
-are relative to the file's folder and must stay inside the inbox. A bad file
-fails the affected jobs with ``options_invalid``; it never stops the daemon.
+are relative to the file's folder and must stay inside the inbox.
+
+Droppers write these files, so they are read like any other hostile input:
+
+* found through the descriptors of the claim's walk (``JobStore.open_levels``),
+  never by a path lookup, and opened once with ``O_NOFOLLOW | O_NONBLOCK``: a
+  symlink, a FIFO or a folder in its place is ``options_invalid``;
+* judged by ``fstat`` before a byte is read: a regular file of at most
+  ``MAX_OPTIONS_BYTES`` (a sparse 2 GiB file costs nothing);
+* parsed in the claim's thread, never in the event loop; any parse failure,
+  nesting that exhausts the parser, or a value that is not a clean path is
+  ``options_invalid`` for the jobs below it, never an exception that escapes;
+* the files it names (stylesheet, reference docx) are read once, beneath the
+  inbox descriptor without following links, and copied into the job's own
+  folder: the worker reads the copy, so swapping the original later changes
+  nothing.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
 
-from converters.base import ConvertOptions
+from converters.base import ConvertOptions, Limits
+from converters.beneath import Beneath, Missing, OutsideFolder, read_regular
 from converters.errors import OptionsInvalid
 
-__all__ = ["OPTIONS_FILE", "resolve_options"]
+__all__ = ["MAX_OPTIONS_BYTES", "OPTIONS_FILE", "resolve_options"]
 
 OPTIONS_FILE = ".sir-convert-a-lot.toml"
-_PATH_FIELDS = ("stylesheet", "reference_docx")
+MAX_OPTIONS_BYTES = 64 * 1024
+_PATH_FIELDS = {"stylesheet": ".css", "reference_docx": ".docx"}
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _load(path: Path, inbox: Path) -> dict[str, Any]:
+def _shown(folder: PurePosixPath) -> str:
+    where = str(folder / OPTIONS_FILE)
+    return where if len(where) <= 160 else "..." + where[-157:]
+
+
+def _read_file(folder_fd: int, where: str) -> bytes | None:
+    """The options file's bytes in this folder, None when there is none."""
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise OptionsInvalid(f"{path.relative_to(inbox)} is not valid TOML: {exc}") from None
+        fd = os.open(OPTIONS_FILE, _OPEN_FLAGS, dir_fd=folder_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OptionsInvalid(
+            f"{where} cannot be opened ({exc.strerror}); it must be a file"
+        ) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise OptionsInvalid(f"{where} is not a regular file")
+        if info.st_size > MAX_OPTIONS_BYTES:
+            raise OptionsInvalid(
+                f"{where} is {info.st_size} bytes; options files are at most {MAX_OPTIONS_BYTES}"
+            )
+        data = os.read(fd, MAX_OPTIONS_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_OPTIONS_BYTES:
+        raise OptionsInvalid(f"{where} grew past {MAX_OPTIONS_BYTES} bytes while it was read")
+    return data
+
+
+def _parse(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise OptionsInvalid(f"{where} is not valid TOML: {str(exc)[:300]}") from None
+    except RecursionError:
+        raise OptionsInvalid(f"{where} is nested too deeply to read") from None
     unknown = sorted(set(raw) - {"options"})
     if unknown:
-        raise OptionsInvalid(f"{path.relative_to(inbox)}: unknown table(s) {', '.join(unknown)}")
+        raise OptionsInvalid(f"{where}: unknown table(s) {', '.join(unknown)[:200]}")
     table = raw.get("options", {})
     if not isinstance(table, dict):
-        raise OptionsInvalid(f"{path.relative_to(inbox)}: [options] must be a table")
-    real_inbox = Path(os.path.realpath(inbox))
-    for key in _PATH_FIELDS:
-        if key in table:
-            value = Path(str(table[key]))
-            if value.is_absolute():
-                raise OptionsInvalid(f"{path.relative_to(inbox)}: {key} must be a relative path")
-            resolved = Path(os.path.realpath(path.parent / value))
-            if not resolved.is_relative_to(real_inbox) or not resolved.is_file():
-                raise OptionsInvalid(
-                    f"{path.relative_to(inbox)}: {key} {value} is not a file inside the inbox"
-                )
-            table[key] = str(resolved)
+        raise OptionsInvalid(f"{where}: [options] must be a table")
     return table
 
 
+def _inbox_parts(folder: PurePosixPath, value: object, key: str, where: str) -> list[str]:
+    """``value`` (relative to ``folder``) as components below the inbox, '..'
+    resolved by name alone; refused if it leaves the inbox."""
+    if not isinstance(value, str) or not value or "\x00" in value or len(value) > 1024:
+        raise OptionsInvalid(f"{where}: {key} must be a relative path")
+    if value.startswith("/"):
+        raise OptionsInvalid(f"{where}: {key} must be a relative path")
+    parts = list(folder.parts)
+    for part in value.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise OptionsInvalid(f"{where}: {key} {value[:100]} leaves the inbox")
+            parts.pop()
+        else:
+            parts.append(part)
+    if not parts:
+        raise OptionsInvalid(f"{where}: {key} must name a file")
+    return parts
+
+
+def _copy_in(
+    inbox_fd: int, parts: list[str], key: str, *, where: str, copies: Path, limits: Limits
+) -> Path:
+    """Read the named file beneath the inbox and keep a private copy for the worker."""
+    shown = "/".join(parts)
+    shown = shown if len(shown) <= 160 else "..." + shown[-157:]
+    try:
+        data = read_regular(inbox_fd, parts, limits.max_input_bytes)
+    except (Missing, OutsideFolder):
+        raise OptionsInvalid(f"{where}: {key} {shown} is not a file inside the inbox") from None
+    except Beneath as exc:
+        raise OptionsInvalid(f"{where}: {key} {shown} cannot be used: {exc}") from None
+    copies.mkdir(mode=0o700, exist_ok=True)
+    copy = copies / f"{key}{_PATH_FIELDS[key]}"
+    copy.write_bytes(data)
+    return copy
+
+
 def resolve_options(
-    defaults: ConvertOptions, inbox: Path, relative: PurePosixPath
+    defaults: ConvertOptions,
+    levels: list[int],
+    relative: PurePosixPath,
+    copies: Path,
+    limits: Limits,
 ) -> ConvertOptions:
-    """The options for a job dropped at ``inbox/relative``."""
+    """The options for a job dropped at ``inbox/relative``.
+
+    ``levels`` are the descriptors of the inbox and each folder down to the
+    file's own (``JobStore.open_levels``); ``copies`` is a folder of the job's
+    own where the files the options name are copied. Raises OptionsInvalid.
+    """
     merged: dict[str, Any] = defaults.model_dump()
-    folder = inbox
-    for part in ("", *relative.parent.parts):
-        folder = folder / part if part else folder
-        candidate = folder / OPTIONS_FILE
-        if candidate.is_file() and not candidate.is_symlink():
-            merged.update(_load(candidate, inbox))
+    named: dict[str, tuple[list[str], str]] = {}
+    folders = [PurePosixPath(*relative.parts[:depth]) for depth in range(len(levels))]
+    for folder_fd, folder in zip(levels, folders, strict=True):
+        where = _shown(folder)
+        data = _read_file(folder_fd, where)
+        if data is None:
+            continue
+        table = _parse(data, where)
+        for key in _PATH_FIELDS:
+            if key in table:
+                named[key] = (_inbox_parts(folder, table.pop(key), key, where), where)
+        merged.update(table)
+    for key, (parts, where) in named.items():
+        merged[key] = _copy_in(levels[0], parts, key, where=where, copies=copies, limits=limits)
     try:
         return ConvertOptions.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        raise OptionsInvalid(f"options for {relative}: {problems}") from None
+        raise OptionsInvalid(f"options for {relative}: {problems[:500]}") from None

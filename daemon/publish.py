@@ -19,6 +19,7 @@ from daemon.durable import (
 )
 from daemon.jobs import Job, JobStore, sha256_file
 from daemon.layout import DataRoot
+from daemon.names import lossless_b64, readable
 from daemon.sidecar import OutputInfo, Sidecar
 
 __all__ = ["Publisher"]
@@ -46,7 +47,10 @@ class Publisher:
         target = unique_name(self.root.outbox / wanted, room=len(".meta.json"))
         relative = _rel(target, self.root.outbox)
         sidecar.output = OutputInfo(
-            path=relative, sha256=sha256_file(output), size_bytes=output.stat().st_size
+            path=readable(relative),
+            path_b64=lossless_b64(relative),
+            sha256=sha256_file(output),
+            size_bytes=output.stat().st_size,
         )
         if target.name != PurePosixPath(wanted).name:
             sidecar.warnings = sorted({*sidecar.warnings, "output_name_collision"})

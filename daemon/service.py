@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from converters.base import Lane
+from converters.errors import SirError
 from converters.registry import Registry, default_registry
 from daemon.config import ProfileSettings, Settings
 from daemon.ignore import IgnoreRules
@@ -27,6 +28,7 @@ from daemon.jobs import Job
 from daemon.layout import DataRoot, normalize_extension
 from daemon.lifecycle import Lifecycle
 from daemon.metrics import Metrics
+from daemon.names import readable
 from daemon.notify import Notifier
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker, StatKey
@@ -82,6 +84,7 @@ class Service:
         self._ignored: set[Path] = set()
         self._rescan_requested = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self.stuck: dict[str, str] = {}  # job id -> input, jobs that could not even fail
         self._sources = {r.source for r in self.registry.routes()} | {"htm", "markdown"}
         self._lanes: dict[tuple[str, str], Lane] = {}
 
@@ -107,7 +110,7 @@ class Service:
             self.metrics.files_detected.inc()
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:  # gone, or a folder on the way became a file or a link
             self.tracker.forget(path)
             return
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
@@ -150,7 +153,7 @@ class Service:
     def _stat(path: Path) -> StatKey | None:
         try:
             st = os.lstat(path)
-        except FileNotFoundError:
+        except OSError:  # gone, or a folder on the way became a file or a link
             return None
         return (st.st_size, st.st_mtime_ns)
 
@@ -188,6 +191,13 @@ class Service:
                 log.error("claim_failed", input=str(path), error=str(exc))
                 self.tracker.observe(path, Arrival.SCANNED, now)
                 continue
+            except Exception:
+                # Never let one entry stop the loop. It stays where it is, ignored
+                # until it is gone (rules in docs/security.md); the rest goes on.
+                log.exception("claim_crashed", input=str(path))
+                self.metrics.internal_errors.labels("claim").inc()
+                self._ignored.add(path)
+                continue
             if job is not None:
                 self._spawn(job)
 
@@ -199,9 +209,24 @@ class Service:
     async def _run_job(self, job: Job) -> None:
         try:
             await self.lifecycle.process(job)
-        except Exception:
-            # Never lose the input: it stays in .state and is recovered on restart.
+        except Exception as exc:
+            # No exception may leave a job unaccounted for: fail it with
+            # internal_error, visibly. If even that fails, it stays in .state
+            # (recovered on restart) and /status lists it as stuck.
             log.exception("job_crashed_in_supervisor", job_id=job.id)
+            self.metrics.internal_errors.labels("job").inc()
+            if job.record.phase in ("publishing", "failing"):
+                # Its outcome is decided and partly visible: only recovery's
+                # idempotent renames may finish it, never a second outcome.
+                self.stuck[job.id] = readable(job.record.relative_path)
+                return
+            try:
+                await self.lifecycle.fail_now(
+                    job, SirError(f"unexpected {type(exc).__name__} in the daemon: {exc}"[:500])
+                )
+            except Exception:
+                log.exception("job_stuck", job_id=job.id)
+                self.stuck[job.id] = readable(job.record.relative_path)
 
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self.tracker))
@@ -216,12 +241,17 @@ class Service:
         while not self.stopping.is_set():
             self.heartbeat = time.monotonic()
             self.notifier.watchdog()
-            await self._claim_ready()
-            if time.monotonic() >= next_rescan or self._rescan_requested:
-                self._rescan_requested = False
-                await self.rescan()
-                next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
-            self._update_gauges()
+            try:
+                await self._claim_ready()
+                if time.monotonic() >= next_rescan or self._rescan_requested:
+                    self._rescan_requested = False
+                    next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
+                    await self.rescan()
+                self._update_gauges()
+            except Exception:
+                # The loop is the daemon's heartbeat: it must outlive any one bug.
+                log.exception("supervisor_tick_failed")
+                self.metrics.internal_errors.labels("supervisor").inc()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK_SECONDS)
 

@@ -39,15 +39,30 @@ class RouteInfo(_Strict):
 
 
 class InputInfo(_Strict):
-    name: str
-    relative_path: str = Field(description="path relative to the inbox, '/'-separated")
+    name: str = Field(description="the file name; bytes that are not UTF-8 shown as U+FFFD")
+    relative_path: str = Field(
+        description="path relative to the inbox, '/'-separated; bytes that are not UTF-8 "
+        "shown as U+FFFD"
+    )
+    relative_path_b64: str | None = Field(
+        default=None,
+        description="the exact bytes of relative_path in base64, present only when the name "
+        "is not valid UTF-8 (relative_path is then lossy)",
+    )
     sha256: str | None
     size_bytes: int | None
     pages: int | None = None
 
 
 class OutputInfo(_Strict):
-    path: str = Field(description="path relative to the outbox, '/'-separated")
+    path: str = Field(
+        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
+        "shown as U+FFFD"
+    )
+    path_b64: str | None = Field(
+        default=None,
+        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
+    )
     sha256: str
     size_bytes: int
 

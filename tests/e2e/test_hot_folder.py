@@ -63,6 +63,7 @@ def test_cp_mv_and_rsync_drops_convert_once_with_full_sidecars(daemon: Daemon) -
     out = daemon.outbox / "to-docx" / "by-cp.docx"
     assert car["output"] == {
         "path": "to-docx/by-cp.docx",
+        "path_b64": None,  # only set for names that are not UTF-8
         "sha256": sha(out),
         "size_bytes": out.stat().st_size,
     }
