@@ -10,7 +10,9 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   ``publish_output`` (output in outbox/, sidecar not yet), ``archive`` (sidecar
   published, input not yet archived), ``finish`` (input archived, job folder not
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
-  sidecar not yet).
+  sidecar not yet). ``dispatch`` waits (without blocking the event loop)
+  between the claim and handing the job to a worker, widening the window in
+  which a dropper's swap of files or folders lands.
 * ``"enospc_flag"``: a path; while a file exists there, every durable write of
   the daemon (``atomic_write``) fails with ``ENOSPC`` as on a full disk. Used
   where a test cannot mount a small tmpfs.
@@ -28,10 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay"]
+__all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay", "delay_seconds"]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
-POINTS = frozenset({"claim", "sidecar_write", "publish_output", "archive", "finish", "fail_input"})
+POINTS = frozenset(
+    {"claim", "dispatch", "sidecar_write", "publish_output", "archive", "finish", "fail_input"}
+)
 
 
 @functools.cache
@@ -48,13 +52,17 @@ def _config() -> dict[str, Any]:
     return value
 
 
-def delay(point: str) -> None:
-    """Sleep at ``point`` if a delay is configured for it."""
+def delay_seconds(point: str) -> float:
+    """The delay configured for ``point`` (0 when none)."""
     config = _config()
-    if config:
-        seconds = float(config.get("delay", {}).get(point, 0.0))
-        if seconds > 0:
-            time.sleep(seconds)
+    return float(config.get("delay", {}).get(point, 0.0)) if config else 0.0
+
+
+def delay(point: str) -> None:
+    """Sleep at ``point`` if a delay is configured for it (blocking: threads only)."""
+    seconds = delay_seconds(point)
+    if seconds > 0:
+        time.sleep(seconds)
 
 
 def check_write(target: Path) -> None:

@@ -35,6 +35,7 @@ from converters.errors import (
     error_for_code,
 )
 from converters.registry import Registry
+from daemon import faults
 from daemon.config import ProfileSettings
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
@@ -258,6 +259,8 @@ class Lifecycle:
     ) -> WorkerReply:
         """Run the job in a worker. A worker lost mid-job is retried up to max_attempts."""
         pool = self.pools[lane]
+        if pause := faults.delay_seconds("dispatch"):
+            await asyncio.sleep(pause)
         while True:
             if job.work_dir.exists():
                 shutil.rmtree(job.work_dir)
