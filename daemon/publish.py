@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from converters.warning_codes import WarningCode
 from daemon import faults
 from daemon.durable import (
     atomic_write,
@@ -49,7 +50,7 @@ class Publisher:
             path=relative, sha256=sha256_file(output), size_bytes=output.stat().st_size
         )
         if target.name != PurePosixPath(wanted).name:
-            sidecar.warnings = sorted({*sidecar.warnings, "output_name_collision"})
+            sidecar.warnings = sorted({*sidecar.warnings, WarningCode.OUTPUT_NAME_COLLISION})
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
         faults.delay("sidecar_write")
         job.record.output_relative = relative
