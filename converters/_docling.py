@@ -27,6 +27,7 @@ from converters.errors import (
     UnsupportedContent,
 )
 from converters.markdown import normalize_markdown, separate_tables
+from converters.warning_codes import WarningCode
 
 if TYPE_CHECKING:
     from docling.datamodel.document import ConversionResult as DoclingResult
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DOCLING_PACKAGES",
-    "PARTIAL_CONVERSION",
     "actual_device",
     "build_pdf_converter",
     "build_simple_converter",
@@ -50,7 +50,6 @@ __all__ = [
 ]
 
 DOCLING_PACKAGES = ("docling", "docling-core", "docling-parse")
-PARTIAL_CONVERSION = "partial_conversion"
 
 _INPUT_FORMATS = {"pdf": "PDF", "docx": "DOCX", "pptx": "PPTX", "xlsx": "XLSX", "html": "HTML"}
 
@@ -257,7 +256,7 @@ def run_docling(
     if status == ConversionStatus.SUCCESS:
         return result, []
     if status == ConversionStatus.PARTIAL_SUCCESS:
-        return result, [PARTIAL_CONVERSION]
+        return result, [WarningCode.PARTIAL_CONVERSION]
     if any("max_num_pages" in m for m in messages):
         raise TooManyPages(
             f"{display_name} has {result.input.page_count} pages, the limit is {limits.max_pages}",

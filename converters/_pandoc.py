@@ -9,14 +9,12 @@ import subprocess
 from pathlib import Path
 
 from converters.errors import ConverterFailed, DependencyMissing, Timeout
+from converters.warning_codes import WarningCode
 
 __all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
 
 PANDOC_TIMEOUT_SECONDS = 300
 PANDOC_HEAP_MB = 2048
-# The same codes the WeasyPrint routes use for a resource they did not load.
-LOCAL_RESOURCE_BLOCKED = "local_resource_blocked"
-REMOTE_RESOURCE_BLOCKED = "remote_resource_blocked"
 _NOT_FETCHED = re.compile(r"Could not fetch resource (\S+?):? ")
 # A URL naming another host; file: URLs (file:///etc/passwd) are local reads.
 _URL = re.compile(r"^(?![Ff][Ii][Ll][Ee]:)[A-Za-z][A-Za-z0-9+.-]*://")
@@ -50,10 +48,8 @@ def pandoc_version() -> str:
 
 def resource_warnings(stderr: str) -> list[str]:
     """Warning codes for the images/resources pandoc's sandbox did not fetch."""
-    found = {
-        REMOTE_RESOURCE_BLOCKED if _URL.match(target) else LOCAL_RESOURCE_BLOCKED
-        for target in _NOT_FETCHED.findall(stderr)
-    }
+    remote, local = WarningCode.REMOTE_RESOURCE_BLOCKED, WarningCode.LOCAL_RESOURCE_BLOCKED
+    found = {remote if _URL.match(target) else local for target in _NOT_FETCHED.findall(stderr)}
     return sorted(found)
 
 

@@ -6,9 +6,15 @@ that wires the policy into WeasyPrint as its URL fetcher.
 
 What a document may load:
 
-* ``file:`` URLs (relative references resolve against the drop folder) only when
-  the resolved path (symlinks and ``..`` followed) lies inside ``allowed_root``,
-  or is the input file itself. Anything else: warning ``local_resource_blocked``.
+* Files in its drop folder, and nothing else on disk. WeasyPrint never sees a
+  real path: the document is rendered from text we read ourselves, with the
+  synthetic base URL ``DROP_BASE_URL``; a ``file:`` URL under it names a path
+  relative to the drop folder, which is read through the pinned descriptor
+  (``converters.dropfolder``: no symbolic link on the way, a regular file with
+  one link, size-capped). Every other ``file:`` URL (``file:///etc/passwd``,
+  ``../x`` that climbed out of the base) is refused: ``local_resource_blocked``.
+  A file that does not exist: ``resource_missing``; one larger than
+  ``limits.max_input_bytes``: ``resource_too_large``.
 * ``data:`` URLs up to ``limits.max_data_url_bytes`` (length of the URL text).
   Larger ones: warning ``data_url_too_large``.
 * Every other scheme (http, https, ftp, ...): warning ``remote_resource_blocked``.
@@ -16,7 +22,6 @@ What a document may load:
 * Raster images whose width x height exceeds ``limits.max_pixels`` are refused
   with warning ``image_too_large`` (read from the image header; nothing is
   decoded). The job still succeeds, without that image.
-* Local files larger than ``limits.max_input_bytes``: warning ``resource_too_large``.
 
 A refused resource makes WeasyPrint skip it; the conversion still succeeds and
 the warning codes (deduplicated) land in ``ConversionResult.warnings``.
@@ -28,17 +33,15 @@ import base64
 import functools
 import io
 import mimetypes
-import os
-import stat
 import warnings
 from dataclasses import dataclass, field
 from importlib import metadata, resources
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import unquote_to_bytes, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
 from converters.base import ConversionRequest, ConversionResult, Limits, WorkerContext
+from converters.dropfolder import DropFolder, ResourceUnavailable
 from converters.errors import (
     ConverterFailed,
     DependencyMissing,
@@ -46,13 +49,11 @@ from converters.errors import (
     SirError,
     TooManyPages,
 )
+from converters.output_check import pdf_has_content
+from converters.warning_codes import WarningCode
 
 __all__ = [
-    "DATA_URL_TOO_LARGE",
-    "IMAGE_TOO_LARGE",
-    "LOCAL_RESOURCE_BLOCKED",
-    "REMOTE_RESOURCE_BLOCKED",
-    "RESOURCE_TOO_LARGE",
+    "DROP_BASE_URL",
     "ResourcePolicy",
     "ResourceRefused",
     "default_stylesheet_text",
@@ -62,11 +63,11 @@ __all__ = [
     "weasyprint_version",
 ]
 
-REMOTE_RESOURCE_BLOCKED = "remote_resource_blocked"
-LOCAL_RESOURCE_BLOCKED = "local_resource_blocked"
-DATA_URL_TOO_LARGE = "data_url_too_large"
-IMAGE_TOO_LARGE = "image_too_large"
-RESOURCE_TOO_LARGE = "resource_too_large"
+# The drop folder as WeasyPrint sees it. No such folder exists, and none is ever
+# opened by this name: URLs under it are mapped to paths relative to the pinned
+# drop folder descriptor.
+DROP_BASE_URL = "file:///sir-convert-a-lot-drop/"
+_DROP_PREFIX = urlsplit(DROP_BASE_URL).path
 
 _TEXT_LIKE = ("text/", "image/svg", "application/xml", "application/xhtml")
 
@@ -79,21 +80,15 @@ class ResourceRefused(ValueError):
 class ResourcePolicy:
     """Decides and performs every resource load on behalf of one document."""
 
-    allowed_root: Path
+    drop_folder: DropFolder
     limits: Limits
-    input_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
 
-    def __post_init__(self) -> None:
-        self.allowed_root = self.allowed_root.resolve()
-        if self.input_path is not None:
-            self.input_path = self.input_path.resolve()
-
-    def warn(self, code: str) -> None:
+    def warn(self, code: WarningCode) -> None:
         if code not in self.warnings:
             self.warnings.append(code)
 
-    def refuse(self, code: str, message: str) -> NoReturn:
+    def refuse(self, code: WarningCode, message: str) -> NoReturn:
         self.warn(code)
         raise ResourceRefused(f"{code}: {message}")
 
@@ -102,27 +97,22 @@ class ResourcePolicy:
         scheme, sep, _ = url.partition(":")
         scheme = scheme.lower() if sep else ""
         if not scheme:
-            self.refuse(LOCAL_RESOURCE_BLOCKED, f"relative URL without a base: {url[:200]}")
+            self.refuse(
+                WarningCode.LOCAL_RESOURCE_BLOCKED, f"relative URL without a base: {url[:200]}"
+            )
         if scheme == "data":
             body, mime = self._load_data_url(url)
         elif scheme == "file":
-            body, mime, url = self._load_file_url(url)
+            body, mime = self._load_file_url(url)
         else:
-            self.refuse(REMOTE_RESOURCE_BLOCKED, f"not fetched: {url[:200]}")
+            self.refuse(WarningCode.REMOTE_RESOURCE_BLOCKED, f"not fetched: {url[:200]}")
         self._check_image(body, mime)
         return body, mime, url
-
-    def is_allowed_path(self, path: Path) -> bool:
-        """Whether a path (any symlinks and ``..`` resolved) may be read."""
-        resolved = path.resolve()
-        if self.input_path is not None and resolved == self.input_path:
-            return True
-        return resolved.is_relative_to(self.allowed_root)
 
     def _load_data_url(self, url: str) -> tuple[bytes, str]:
         if len(url) > self.limits.max_data_url_bytes:
             self.refuse(
-                DATA_URL_TOO_LARGE,
+                WarningCode.DATA_URL_TOO_LARGE,
                 f"{len(url)} bytes > {self.limits.max_data_url_bytes}",
             )
         header, comma, payload = url[len("data:") :].partition(",")
@@ -137,30 +127,22 @@ class ResourcePolicy:
         body = base64.decodebytes(raw) if is_base64 else raw
         return body, mime
 
-    def _load_file_url(self, url: str) -> tuple[bytes, str, str]:
+    def _load_file_url(self, url: str) -> tuple[bytes, str]:
         parts = urlsplit(url)
         if parts.netloc not in ("", "localhost"):
-            self.refuse(REMOTE_RESOURCE_BLOCKED, f"file URL on host {parts.netloc!r}")
-        path = Path(url2pathname(parts.path))
-        if not path.is_absolute() or not self.is_allowed_path(path):
-            self.refuse(LOCAL_RESOURCE_BLOCKED, f"outside the drop folder: {parts.path[:200]}")
-        resolved = path.resolve()
-        body = self._read_regular_file(resolved)
-        mime = mimetypes.guess_type(resolved.name)[0] or "application/octet-stream"
-        return body, mime, resolved.as_uri()
-
-    def _read_regular_file(self, path: Path) -> bytes:
-        # O_NONBLOCK: a FIFO in the drop folder must not hang the worker;
-        # O_NOFOLLOW: the final component was resolved, it must not turn into a link.
-        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(path, flags)
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                self.refuse(LOCAL_RESOURCE_BLOCKED, f"not a regular file: {path.name}")
-            if info.st_size > self.limits.max_input_bytes:
-                self.refuse(RESOURCE_TOO_LARGE, f"{path.name} is {info.st_size} bytes")
-            return handle.read(self.limits.max_input_bytes + 1)
+            self.refuse(WarningCode.REMOTE_RESOURCE_BLOCKED, f"file URL on host {parts.netloc!r}")
+        if not parts.path.startswith(_DROP_PREFIX):
+            self.refuse(
+                WarningCode.LOCAL_RESOURCE_BLOCKED, f"outside the drop folder: {parts.path[:200]}"
+            )
+        # Percent-escapes name the bytes of the file name, as the file system has them.
+        relative = unquote(parts.path[len(_DROP_PREFIX) :], errors="surrogateescape")
+        try:
+            body = self.drop_folder.read(relative, max_bytes=self.limits.max_input_bytes)
+        except ResourceUnavailable as exc:
+            self.refuse(exc.code, exc.message)
+        mime = mimetypes.guess_type(relative)[0] or "application/octet-stream"
+        return body, mime
 
     def _check_image(self, body: bytes, mime: str) -> None:
         """Refuse raster images over the pixel limit, reading only their header."""
@@ -174,11 +156,13 @@ class ResourcePolicy:
                 with Image.open(io.BytesIO(body)) as image:
                     width, height = image.size
             except Image.DecompressionBombError:
-                self.refuse(IMAGE_TOO_LARGE, "image over Pillow's bomb threshold")
+                self.refuse(WarningCode.IMAGE_TOO_LARGE, "image over Pillow's bomb threshold")
             except Exception:
                 return  # not a raster image Pillow knows; WeasyPrint decides
         if width * height > self.limits.max_pixels:
-            self.refuse(IMAGE_TOO_LARGE, f"{width}x{height} pixels > {self.limits.max_pixels}")
+            self.refuse(
+                WarningCode.IMAGE_TOO_LARGE, f"{width}x{height} pixels > {self.limits.max_pixels}"
+            )
 
 
 @functools.cache
@@ -233,35 +217,53 @@ def _import_weasyprint() -> Any:
     return weasyprint
 
 
+def _stylesheet(sheet: Path, limits: Limits) -> bytes:
+    """The profile's or folder's stylesheet: a copy the daemon made in its job
+    folder (trusted), read with a plain open. Its ``url()``s resolve against the
+    drop folder like the document's."""
+    try:
+        with sheet.open("rb") as handle:
+            data = handle.read(limits.max_input_bytes + 1)
+    except OSError:
+        raise OptionsInvalid(f"stylesheet {sheet} does not exist", stylesheet=str(sheet)) from None
+    if len(data) > limits.max_input_bytes:
+        raise OptionsInvalid(f"stylesheet {sheet} is too large", stylesheet=str(sheet))
+    return data
+
+
 def render_pdf(
     request: ConversionRequest,
     ctx: WorkerContext,
     *,
-    html_string: str | None = None,
+    html_string: str,
     default_stylesheet: bool = False,
 ) -> ConversionResult:
-    """Render HTML (``html_string``, else the request's input file) to the output PDF.
+    """Render ``html_string`` to the output PDF.
 
-    Relative references resolve against ``request.allowed_root``. The stylesheet is
-    ``options.stylesheet`` when set, else the packaged print.css when
-    ``default_stylesheet`` is true. More than ``limits.max_pages`` rendered pages
-    raise TooManyPages and no output is written.
+    The HTML is text the route read itself (WeasyPrint never opens the input by
+    name); relative references resolve against the pinned drop folder through
+    ``DROP_BASE_URL``. The stylesheet is ``options.stylesheet`` when set, else
+    the packaged print.css when ``default_stylesheet`` is true. More than
+    ``limits.max_pages`` rendered pages raise TooManyPages and no output is
+    written. A PDF without any text or picture carries ``empty_output``.
     """
     weasyprint = _import_weasyprint()
     from weasyprint.text.fonts import FontConfiguration
 
-    policy = ResourcePolicy(request.allowed_root, ctx.limits, input_path=request.input_path)
+    policy = ResourcePolicy(request.drop_folder, ctx.limits)
     fetcher = _fetcher_class()(policy)
     fonts = FontConfiguration()
-    base_url = policy.allowed_root.as_uri() + "/"
     stylesheets: list[Any] = []
     sheet = request.options.stylesheet
     try:
         if sheet is not None:
-            if not sheet.is_file():
-                raise OptionsInvalid(f"stylesheet {sheet} does not exist", stylesheet=str(sheet))
             stylesheets.append(
-                weasyprint.CSS(filename=str(sheet), url_fetcher=fetcher, font_config=fonts)
+                weasyprint.CSS(
+                    file_obj=io.BytesIO(_stylesheet(sheet, ctx.limits)),
+                    base_url=DROP_BASE_URL,
+                    url_fetcher=fetcher,
+                    font_config=fonts,
+                )
             )
         elif default_stylesheet:
             stylesheets.append(
@@ -269,12 +271,7 @@ def render_pdf(
                     string=default_stylesheet_text(), url_fetcher=fetcher, font_config=fonts
                 )
             )
-        if html_string is not None:
-            html = weasyprint.HTML(string=html_string, base_url=base_url, url_fetcher=fetcher)
-        else:
-            html = weasyprint.HTML(
-                filename=str(request.input_path), base_url=base_url, url_fetcher=fetcher
-            )
+        html = weasyprint.HTML(string=html_string, base_url=DROP_BASE_URL, url_fetcher=fetcher)
         document = html.render(stylesheets=stylesheets, font_config=fonts)
         pages = len(document.pages)
         if pages > ctx.limits.max_pages:
@@ -290,7 +287,10 @@ def render_pdf(
         raise ConverterFailed("the document is nested too deeply to lay out") from None
     except Exception as exc:
         raise ConverterFailed(f"weasyprint failed: {type(exc).__name__}: {exc}") from exc
-    return ConversionResult(warnings=list(policy.warnings), pages=pages, device="cpu")
+    found = list(policy.warnings)
+    if not pdf_has_content(request.output_path):
+        found.append(WarningCode.EMPTY_OUTPUT)
+    return ConversionResult(warnings=found, pages=pages, device="cpu")
 
 
 def warm_weasyprint() -> None:

@@ -13,6 +13,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from converters.dropfolder import DropFolder
 from converters.errors import SirError
 
 __all__ = [
@@ -100,10 +101,11 @@ class ConversionRequest:
     input_path: Path
     output_path: Path
     options: ConvertOptions
-    # The folder the document was dropped in. Relative references (images,
-    # stylesheets) resolve here, and nothing outside it may be read on behalf
-    # of the document.
-    allowed_root: Path
+    # The folder the document was dropped in, pinned as a descriptor when the
+    # daemon claimed the file (never a path: the dropper can still swap it).
+    # Relative references (images, stylesheets) are read through it, and
+    # nothing outside it may be read on behalf of the document.
+    drop_folder: DropFolder
 
 
 @dataclass

@@ -23,6 +23,8 @@ from converters.base import (
     WorkerContext,
 )
 from converters.errors import SirError
+from converters.text import read_html_input
+from converters.warning_codes import WarningCode
 
 if TYPE_CHECKING:
     from docling.document_converter import DocumentConverter
@@ -36,8 +38,6 @@ SIMPLE_SOURCES: dict[str, str] = {
     "xlsx": "openpyxl",
     "html": "beautifulsoup4",
 }
-
-EMPTY_OUTPUT = "empty_output"
 
 
 def _sample(source: str) -> bytes:
@@ -105,9 +105,15 @@ class DoclingSimpleToMarkdown:
         export_markdown(result)
 
     def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
+        if self.source == "html":
+            # The same UTF-8 text every html route sees (converters.text), with a
+            # BOM so BeautifulSoup cannot second-guess the encoding.
+            data = b"\xef\xbb\xbf" + read_html_input(request.input_path).encode("utf-8")
+        else:
+            data = request.input_path.read_bytes()
         result, warnings = run_docling(
             self._get(),
-            data=request.input_path.read_bytes(),
+            data=data,
             source=self.source,
             display_name=request.input_path.name,
             limits=ctx.limits,
@@ -118,7 +124,7 @@ class DoclingSimpleToMarkdown:
             normalize=request.options.normalize_markdown,
         )
         if not written.strip():
-            warnings.append(EMPTY_OUTPUT)
+            warnings.append(WarningCode.EMPTY_OUTPUT)
         page_count = int(result.input.page_count or 0)
         return ConversionResult(
             warnings=sorted(set(warnings)),

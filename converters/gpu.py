@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from converters.errors import GpuUnavailable
+from converters.warning_codes import WarningCode
 
 __all__ = [
-    "GPU_UNAVAILABLE_RAN_ON_CPU",
     "RuntimeKind",
     "TorchProbe",
     "probe_torch",
@@ -24,8 +24,6 @@ __all__ = [
 RuntimeKind = Literal["cuda", "rocm", "none"]
 Policy = Literal["required", "preferred", "cpu"]
 Device = Literal["cpu", "cuda"]
-
-GPU_UNAVAILABLE_RAN_ON_CPU = "gpu_unavailable_ran_on_cpu"
 
 
 @dataclass(frozen=True)
@@ -120,7 +118,7 @@ def select_device(policy: Policy, probe: TorchProbe) -> tuple[Device, list[str]]
     if probe.usable:
         return "cuda", []
     if policy == "preferred":
-        return "cpu", [GPU_UNAVAILABLE_RAN_ON_CPU]
+        return "cpu", [WarningCode.GPU_UNAVAILABLE_RAN_ON_CPU]
     if policy == "required":
         raise GpuUnavailable(
             f"gpu_policy is 'required' but no GPU is usable: {_why_no_gpu(probe)}",

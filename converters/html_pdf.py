@@ -1,8 +1,10 @@
 """html → pdf with WeasyPrint.
 
-Relative references resolve from the folder the document was dropped in
-(``request.allowed_root``); the confined fetcher in ``converters._weasy`` refuses
-everything outside it and every network URL. The document's own styling is kept;
+The page is read and decoded here (``read_html_input``: UTF-8, or the charset
+it declares) and handed to WeasyPrint as text. Relative references resolve in
+the folder the document was dropped in, pinned as ``request.drop_folder``; the
+confined fetcher in ``converters._weasy`` refuses everything outside it and
+every network URL. The document's own styling is kept;
 ``options.stylesheet`` is added when a profile sets one.
 """
 
@@ -17,6 +19,7 @@ from converters.base import (
     WorkerContext,
 )
 from converters.errors import SirError
+from converters.text import read_html_input
 
 __all__ = ["HtmlToPdf"]
 
@@ -36,4 +39,4 @@ class HtmlToPdf:
         warm_weasyprint()
 
     def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
-        return render_pdf(request, ctx)
+        return render_pdf(request, ctx, html_string=read_html_input(request.input_path))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 from converters._pandoc import pandoc_version, run_pandoc
 from converters.base import (
     ConversionRequest,
@@ -11,7 +14,9 @@ from converters.base import (
     WorkerContext,
 )
 from converters.errors import DependencyMissing, SirError
-from converters.text import read_text_input
+from converters.output_check import docx_has_content
+from converters.text import read_html_input, read_text_input
+from converters.warning_codes import WarningCode
 
 __all__ = ["MarkdownToDocx", "pandoc_to_docx"]
 
@@ -21,15 +26,26 @@ def pandoc_to_docx(request: ConversionRequest, reader: str) -> ConversionResult:
 
     Images are not embedded: the sandbox lets pandoc read only the document, so
     each one it leaves out is reported as ``local_resource_blocked`` (a file) or
-    ``remote_resource_blocked`` (a URL).
+    ``remote_resource_blocked`` (a URL). pandoc reads only UTF-8: HTML in a
+    charset it declares is transcoded first (``read_html_input``), into a
+    private temporary copy, so html → docx accepts what html → pdf and
+    html → md accept. A docx without text or pictures carries ``empty_output``.
     """
-    read_text_input(request.input_path)  # refuses invalid UTF-8 with a clear code
-    args = ["-f", reader, "-t", "docx", "-o", str(request.output_path)]
-    if request.options.reference_docx is not None:
-        args.append(f"--reference-doc={request.options.reference_docx}")
-    args.append(str(request.input_path))
-    warnings: list[str] = []
-    run_pandoc(args, cwd=request.input_path.parent, warnings=warnings)
+    with tempfile.TemporaryDirectory(prefix="sir-docx-") as tmp:
+        source = request.input_path
+        if reader == "html":
+            source = Path(tmp) / "input.html"
+            source.write_text(read_html_input(request.input_path), encoding="utf-8")
+        else:
+            read_text_input(source)  # refuses invalid UTF-8 with a clear code
+        args = ["-f", reader, "-t", "docx", "-o", str(request.output_path)]
+        if request.options.reference_docx is not None:
+            args.append(f"--reference-doc={request.options.reference_docx}")
+        args.append(str(source))
+        warnings: list[str] = []
+        run_pandoc(args, cwd=request.input_path.parent, warnings=warnings)
+    if not docx_has_content(request.output_path):
+        warnings.append(WarningCode.EMPTY_OUTPUT)
     return ConversionResult(warnings=warnings, device="cpu")
 
 

@@ -2,7 +2,7 @@
 
 The PDF title is the front-matter ``title``, else the first heading, else the file
 name stem. Resources the document references go through the confined fetcher in
-``converters._weasy`` (drop folder only, no network).
+``converters._weasy`` (the pinned drop folder only, no network).
 """
 
 from __future__ import annotations

@@ -27,11 +27,11 @@ from converters.base import (
     WorkerContext,
 )
 from converters.errors import ConverterFailed, DependencyMissing, SirError
+from converters.output_check import docx_has_content
 from converters.sniff import check_pdf
+from converters.warning_codes import WarningCode
 
-__all__ = ["PAGES_SKIPPED", "PdfToDocx"]
-
-PAGES_SKIPPED = "pdf_pages_skipped"
+__all__ = ["PdfToDocx"]
 
 
 class _Pdf2DocxFilter(logging.Filter):
@@ -131,5 +131,7 @@ class PdfToDocx:
                 converter.close()
         if not request.output_path.is_file():
             raise ConverterFailed("pdf2docx finished without writing a document")
-        warnings = [PAGES_SKIPPED] if quiet.skipped_pages else []
+        warnings: list[str] = [WarningCode.PDF_PAGES_SKIPPED] if quiet.skipped_pages else []
+        if not docx_has_content(request.output_path):
+            warnings.append(WarningCode.EMPTY_OUTPUT)
         return ConversionResult(warnings=warnings, pages=pages, device="cpu")

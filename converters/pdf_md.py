@@ -60,22 +60,17 @@ from converters.models import (
     Artifact,
     missing_files,
 )
+from converters.warning_codes import WarningCode
 
 if TYPE_CHECKING:
     from docling.document_converter import DocumentConverter
 
 __all__ = [
-    "EMPTY_OUTPUT",
-    "OCR_APPLIED",
-    "TABLE_MODEL_MISSING",
     "PdfFacts",
     "PdfToMarkdown",
     "inspect_pdf",
 ]
 
-OCR_APPLIED = "ocr_applied"
-TABLE_MODEL_MISSING = "table_model_missing"
-EMPTY_OUTPUT = "empty_output"
 
 TableMode = Literal["fast", "accurate"]
 _TABLE_ARTIFACTS: dict[str, Artifact] = {"fast": TABLEFORMER_FAST, "accurate": TABLEFORMER_ACCURATE}
@@ -181,7 +176,7 @@ class PdfToMarkdown:
         self, models_dir: Path, wanted: TableMode
     ) -> tuple[TableMode | None, list[str]]:
         if missing_files(models_dir, _TABLE_ARTIFACTS[wanted]):
-            return None, [TABLE_MODEL_MISSING]
+            return None, [WarningCode.TABLE_MODEL_MISSING]
         return wanted, []
 
     def _converter(
@@ -218,7 +213,7 @@ class PdfToMarkdown:
         if options.ocr == "auto" and facts.text_chars is not None:
             ocr = facts.text_chars < options.auto_ocr_min_chars_per_page * facts.pages
             if ocr:
-                warnings.append(OCR_APPLIED)
+                warnings.append(WarningCode.OCR_APPLIED)
         if ocr and missing_files(models_dir, RAPIDOCR):
             why = "OCR was requested" if options.ocr == "force" else "the PDF has no text layer"
             raise _models_missing(models_dir, RAPIDOCR, f"{why} but the OCR models are absent")
@@ -239,7 +234,7 @@ class PdfToMarkdown:
             request.output_path, export_markdown(result), normalize=options.normalize_markdown
         )
         if not written.strip():
-            warnings.append(EMPTY_OUTPUT)
+            warnings.append(WarningCode.EMPTY_OUTPUT)
         return ConversionResult(
             warnings=sorted(set(warnings)),
             pages=facts.pages,

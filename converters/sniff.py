@@ -12,6 +12,7 @@ directory and XML members are read only up to the end of their prolog (capped).
 from __future__ import annotations
 
 import codecs
+import re
 import stat
 import struct
 import zipfile
@@ -28,6 +29,7 @@ from converters.errors import (
     TooManyPages,
     UnsupportedContent,
 )
+from converters.text import declared_html_charset
 
 __all__ = [
     "MAX_ZIP_MEMBERS",
@@ -49,6 +51,8 @@ MAX_CENTRAL_DIRECTORY_BYTES = 16 * 1024 * 1024
 XML_PROLOG_CAP = 256 * 1024
 
 _HEAD_BYTES = 8192
+_WHITE_SPACE = b" \t\n\r\f\v"
+_ASCII_PROBE = '<!DOCTYPE x [<!ENTITY y "z">]>&;%?+-/ abcXYZ019\n'
 _PDF_WINDOW = 1024
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
@@ -215,36 +219,78 @@ def check_pdf(path: Path, limits: Limits) -> int:
 
 
 def _check_text(path: Path, source: str, found: str | None) -> None:
-    if found in TEXT_FORMATS:
-        if source == "md":
-            _check_utf8(path)
+    if found not in TEXT_FORMATS and (found is not None or b"\x00" in _read_head(path)):
+        raise _mismatch(path, source, found)
+    if source == "md":
+        if found is None:
+            raise UnsupportedContent(f"{path.name} is not valid UTF-8: save it as UTF-8 and retry")
+        _check_utf8(path)
+    else:
+        _check_html_encoding(path)
+    if _only_white_space(path):
+        raise CorruptInput(f"{path.name} holds only white space: there is nothing to convert")
+
+
+def _check_html_encoding(path: Path) -> None:
+    """UTF-8, or valid in the charset it declares (``converters.text``); else refused.
+
+    Random bytes without a NUL are no HTML "in a legacy encoding": without a
+    declaration Python knows, or when the bytes do not decode with it, the file
+    is ``unsupported_content``, so no route turns it into mojibake marked
+    ``succeeded``. The routes decode the same way (``read_html_input``).
+    """
+    if _decodes(path, "utf-8-sig") is None:
         return
-    if found is None and source == "html" and b"\x00" not in _read_head(path):
-        return  # HTML in a legacy encoding: WeasyPrint and pandoc honour <meta charset>
-    if found is None and source == "md" and b"\x00" not in _read_head(path):
-        raise UnsupportedContent(f"{path.name} is not valid UTF-8: save it as UTF-8 and retry")
-    raise _mismatch(path, source, found)
+    charset = declared_html_charset(_read_head(path))
+    if charset is None:
+        raise UnsupportedContent(
+            f"{path.name} is neither UTF-8 nor declares a known charset (<meta charset>): "
+            "save it as UTF-8 and retry"
+        )
+    offset = _decodes(path, charset)
+    if offset is not None:
+        raise UnsupportedContent(
+            f"{path.name} declares {charset} but is not valid {charset} (byte {offset})"
+        )
 
 
-def _check_utf8(path: Path) -> None:
-    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+def _decodes(path: Path, encoding: str) -> int | None:
+    """None when the whole file decodes strictly with ``encoding``, else the bad offset."""
+    decoder = codecs.getincrementaldecoder(encoding)()
     offset = 0
     with path.open("rb") as handle:
         while chunk := handle.read(1024 * 1024):
             try:
                 decoder.decode(chunk)
             except UnicodeDecodeError as exc:
-                raise UnsupportedContent(
-                    f"{path.name} is not valid UTF-8 (byte {offset + exc.start}): "
-                    "save it as UTF-8 and retry"
-                ) from None
+                return offset + exc.start
             offset += len(chunk)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError:
-            raise UnsupportedContent(
-                f"{path.name} is not valid UTF-8 (it ends inside a character)"
-            ) from None
+            return offset
+    return None
+
+
+def _only_white_space(path: Path) -> bool:
+    """Nothing but ASCII white space (and a UTF-8 BOM); stops at the first other byte."""
+    with path.open("rb") as handle:
+        first = True
+        while chunk := handle.read(1024 * 1024):
+            if first:
+                chunk = chunk.removeprefix(codecs.BOM_UTF8)
+                first = False
+            if chunk.strip(_WHITE_SPACE):
+                return False
+    return True
+
+
+def _check_utf8(path: Path) -> None:
+    offset = _decodes(path, "utf-8-sig")
+    if offset is not None:
+        raise UnsupportedContent(
+            f"{path.name} is not valid UTF-8 (byte {offset}): save it as UTF-8 and retry"
+        )
 
 
 # --- OOXML ------------------------------------------------------------------
@@ -351,6 +397,12 @@ def _check_xml_member(path: Path, zf: zipfile.ZipFile, info: zipfile.ZipInfo) ->
             f"{path.name}: XML DTD declarations are refused ({info.filename})",
             member=info.filename,
         )
+    if verdict == "encoding":
+        raise UnsupportedContent(
+            f"{path.name}: {info.filename} is XML in an encoding Office never writes "
+            "(UTF-32, EBCDIC, UTF-7): refused",
+            member=info.filename,
+        )
     if verdict == "too_long":
         raise UnsupportedContent(
             f"{path.name}: the XML prolog of {info.filename} is longer than {XML_PROLOG_CAP} bytes",
@@ -362,14 +414,19 @@ def _scan_prolog(stream: IO[bytes]) -> str:
     """Read an XML stream up to its root element (capped) and judge the prolog.
 
     Returns ``ok`` (root element reached, or not XML at all), ``doctype``,
-    ``entity`` (a DOCTYPE declaring entities) or ``too_long``.
+    ``entity`` (a DOCTYPE declaring entities), ``too_long`` or ``encoding``
+    (UTF-32, EBCDIC or a declared encoding whose ASCII is not ASCII: the prolog
+    could not be judged from the text this scanner sees, and Office never
+    writes such parts).
     """
     first = stream.read(4096)
-    encoding = "utf-16" if first.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8"
-    if encoding == "utf-8" and first[:2] in (b"<\x00", b"\x00<"):
-        encoding = "utf-16-le" if first[0:1] == b"<" else "utf-16-be"
+    encoding = _xml_encoding(first)
+    if encoding is None:
+        return "encoding"
     decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
     text = decoder.decode(first)
+    if not _declared_encoding_ok(text, encoding):
+        return "encoding"
     consumed = len(first)
     while True:
         state = _prolog_state(text)
@@ -388,6 +445,52 @@ def _scan_prolog(stream: IO[bytes]) -> str:
             return "doctype" if state == "doctype" else "ok"
         consumed += len(chunk)
         text += decoder.decode(chunk)
+
+
+def _xml_encoding(first: bytes) -> str | None:
+    """The encoding to scan with, from the BOM or the first bytes (XML 1.0, appendix F).
+
+    None for UTF-32 (any byte order, with or without a BOM) and EBCDIC. The
+    UTF-32-LE BOM begins with the UTF-16-LE one, so it is tested first.
+    """
+    if first.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return None
+    if first[:4] in (b"<\x00\x00\x00", b"\x00\x00\x00<", b"\x00<\x00\x00", b"\x00\x00<\x00"):
+        return None
+    if first.startswith(b"\x4c\x6f\xa7\x94"):  # "<?xm" in EBCDIC
+        return None
+    if first.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "utf-16"
+    if first[:2] in (b"<\x00", b"\x00<"):
+        return "utf-16-le" if first[0:1] == b"<" else "utf-16-be"
+    return "utf-8"
+
+
+_XML_DECLARED = re.compile(r"""^\ufeff?<\?xml\b[^>]*?\bencoding\s*=\s*["']([^"']{0,40})["']""")
+
+
+def _declared_encoding_ok(text: str, scanned_as: str) -> bool:
+    """Whether the declaration's encoding reads the prolog as this scanner did.
+
+    A part declaring UTF-7 (or any encoding whose ASCII range is not ASCII)
+    would show the parser a ``<!DOCTYPE`` this scanner cannot see.
+    """
+    found = _XML_DECLARED.match(text)
+    if found is None:
+        return True
+    label = found.group(1)
+    try:
+        name = codecs.lookup(label).name
+    except LookupError:
+        return False
+    if name.startswith("utf-16"):
+        return scanned_as.startswith("utf-16")
+    if scanned_as.startswith("utf-16"):
+        return False
+    try:
+        return _ASCII_PROBE.encode(name) == _ASCII_PROBE.encode("ascii")
+    except (UnicodeError, LookupError, ValueError):
+        return False
 
 
 def _prolog_state(text: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
+from converters.warning_codes import WarningCode
 from daemon import faults
 from daemon.durable import (
     atomic_write,
@@ -53,7 +54,7 @@ class Publisher:
             size_bytes=output.stat().st_size,
         )
         if target.name != PurePosixPath(wanted).name:
-            sidecar.warnings = sorted({*sidecar.warnings, "output_name_collision"})
+            sidecar.warnings = sorted({*sidecar.warnings, WarningCode.OUTPUT_NAME_COLLISION})
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
         faults.delay("sidecar_write")
         job.record.output_relative = relative

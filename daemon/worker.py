@@ -10,14 +10,19 @@ Heavy imports (docling, torch, weasyprint) happen here, never in the main proces
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import resource
 import signal
+import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import IO, Any
+
+from converters.dropfolder import DropFolder
 
 __all__ = ["main"]
 
@@ -73,6 +78,30 @@ def _send(stream: IO[str], message: dict[str, Any]) -> None:
     stream.flush()
 
 
+@functools.cache
+def _empty_folder() -> str:
+    return tempfile.mkdtemp(prefix="sir-no-drop-")
+
+
+def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
+    """The job's drop folder: the descriptor the daemon sent with it.
+
+    A job sent without one (none could be opened: the folder was gone) gets an
+    empty private folder, so the document renders and loads nothing. Any extra
+    descriptor that arrived is closed unused.
+    """
+    if wanted and channel is not None:
+        _, fds, _, _ = socket.recv_fds(channel, 1, 4, socket.MSG_CMSG_CLOEXEC)
+        for extra in fds[1:]:
+            os.close(extra)
+        if fds:
+            try:
+                return DropFolder(fds[0])
+            except OSError:
+                os.close(fds[0])
+    return DropFolder.open(Path(_empty_folder()))
+
+
 def main() -> int:
     _die_with_daemon()
     proto = _protocol_stream()
@@ -97,6 +126,8 @@ def main() -> int:
     policy = hello["gpu_policy"]
     models_dir = Path(hello["models_dir"]) if hello.get("models_dir") else None
     limits = Limits.model_validate(hello["limits"])
+    fd_channel = hello.get("fd_channel")
+    channel = socket.socket(fileno=fd_channel) if isinstance(fd_channel, int) else None
     registry = default_registry()
     converters = registry.in_lane(lane)
 
@@ -164,6 +195,7 @@ def main() -> int:
     for line in sys.stdin:
         job = json.loads(line)
         t0 = time.monotonic()
+        drop_folder = _drop_folder(channel, bool(job.get("drop_fd")))
         try:
             if startup_error is not None:
                 raise startup_error
@@ -174,7 +206,7 @@ def main() -> int:
                 input_path=input_path,
                 output_path=Path(job["output_path"]),
                 options=ConvertOptions.model_validate(job["options"]),
-                allowed_root=Path(job["allowed_root"]),
+                drop_folder=drop_folder,
             )
             result = conv.convert(request, ctx)
             if not request.output_path.is_file():
@@ -208,6 +240,8 @@ def main() -> int:
                 "message": f"{type(exc).__name__}: {exc}"[:2000],
                 "retryable": False,
             }
+        finally:
+            drop_folder.close()
         reply["convert_seconds"] = round(time.monotonic() - t0, 4)
         reply["rss_mb"] = round(_rss_mb(), 1)
         _send(proto, reply)

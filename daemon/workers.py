@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -47,23 +48,32 @@ class WorkerProcess:
         self.ready: dict[str, Any] = {}
         self.jobs_done = 0
         self.last_rss_mb = 0.0
+        # Carries each job's drop folder descriptor (SCM_RIGHTS) to the worker.
+        self.fd_channel: socket.socket | None = None
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     async def start(self) -> dict[str, Any]:
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "daemon.worker",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=None,
-            limit=_LINE_LIMIT,
-            start_new_session=True,
-        )
-        await self._send(self.hello)
+        self.fd_channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.fd_channel.setblocking(False)
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "daemon.worker",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=None,
+                limit=_LINE_LIMIT,
+                start_new_session=True,
+                pass_fds=(child_end.fileno(),),
+            )
+            channel_fd = child_end.fileno()
+        finally:
+            child_end.close()
+        await self._send({**self.hello, "fd_channel": channel_fd})
         self.ready = await asyncio.wait_for(self._receive(), START_TIMEOUT_SECONDS)
         return self.ready
 
@@ -81,8 +91,20 @@ class WorkerProcess:
         reply: dict[str, Any] = json.loads(line)
         return reply
 
-    async def run(self, job: dict[str, Any], timeout: float) -> WorkerReply:
+    def _send_drop_fd(self, drop_fd: int) -> None:
+        """Hand the drop folder descriptor over, right before the job line."""
+        assert self.fd_channel is not None
         try:
+            socket.send_fds(self.fd_channel, [b"D"], [drop_fd])
+        except OSError:  # a full or closed channel: the worker is not listening
+            raise WorkerCrashed(f"{self.lane.value} worker took no descriptor") from None
+
+    async def run(
+        self, job: dict[str, Any], timeout: float, drop_fd: int | None = None
+    ) -> WorkerReply:
+        try:
+            if drop_fd is not None:
+                self._send_drop_fd(drop_fd)
             await self._send(job)
             reply = await asyncio.wait_for(self._receive(), timeout)
         except TimeoutError:
@@ -101,6 +123,8 @@ class WorkerProcess:
         Also when the worker itself is already gone: a child it left behind would
         otherwise go on writing into the job folder that the retry reuses.
         """
+        if self.fd_channel is not None:
+            self.fd_channel.close()
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -108,6 +132,8 @@ class WorkerProcess:
         await self.proc.wait()
 
     async def stop(self, grace: float = 5.0) -> None:
+        if self.fd_channel is not None:
+            self.fd_channel.close()
         if self.proc is None:
             return
         if self.proc.returncode is not None:
@@ -128,6 +154,12 @@ class _Item:
     timeout: float
     on_start: Callable[[], None] | None = None
     enqueued: float = field(default_factory=time.monotonic)
+    drop_fd: int | None = None  # the item's own duplicate; the slot loop closes it
+
+    def close_drop_fd(self) -> None:
+        if self.drop_fd is not None:
+            fd, self.drop_fd = self.drop_fd, None
+            os.close(fd)
 
 
 @dataclass
@@ -189,11 +221,23 @@ class LanePool:
         job: dict[str, Any],
         timeout: float | None = None,
         on_start: Callable[[], None] | None = None,
+        drop_fd: int | None = None,
     ) -> WorkerReply:
-        """Queue a job and wait for its reply. ``on_start`` runs when a worker takes it."""
+        """Queue a job and wait for its reply. ``on_start`` runs when a worker takes it.
+
+        ``drop_fd``, a descriptor of the job's drop folder, is sent to the worker
+        with the job (``"drop_fd": true`` in the job line). The caller keeps its
+        descriptor and closes it after ``run`` returns; the queue holds a
+        duplicate, so a caller that gives up early cannot leave a closed (or
+        reused) number behind for the worker to receive.
+        """
         loop = asyncio.get_running_loop()
         item = _Item(
-            job, loop.create_future(), timeout or self.settings.job_timeout_seconds, on_start
+            {**job, "drop_fd": drop_fd is not None},
+            loop.create_future(),
+            timeout or self.settings.job_timeout_seconds,
+            on_start,
+            drop_fd=os.dup(drop_fd) if drop_fd is not None else None,
         )
         self.outstanding += 1
         try:
@@ -269,6 +313,7 @@ class LanePool:
             item = await self.queue.get()
             self.metrics.queue_depth.labels(self.lane.value).set(self.queue.qsize())
             if item.future.cancelled():
+                item.close_drop_fd()
                 continue
             worker = await self._ensure_worker(slot)
             if item.on_start is not None:
@@ -277,12 +322,13 @@ class LanePool:
                 except Exception as exc:  # e.g. a full disk: the job's owner decides
                     if not item.future.done():
                         item.future.set_exception(exc)
+                    item.close_drop_fd()
                     continue
             slot.busy_since, slot.job_id = time.monotonic(), str(item.job.get("job_id"))
             in_flight = self.metrics.in_flight.labels(self.lane.value)
             in_flight.inc()
             try:
-                reply = await worker.run(item.job, item.timeout)
+                reply = await worker.run(item.job, item.timeout, item.drop_fd)
             except Timeout as exc:
                 item.future.set_exception(exc)
                 await self._replace(slot, "timeout")
@@ -292,6 +338,7 @@ class LanePool:
                 await self._replace(slot, "crash")
                 continue
             finally:
+                item.close_drop_fd()
                 in_flight.dec()
                 slot.busy_since, slot.job_id = None, None
             if not item.future.cancelled():

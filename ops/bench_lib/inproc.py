@@ -27,6 +27,7 @@ __all__ = ["InProcessPool", "main"]
 
 def _serve(proto: IO[str]) -> int:
     from converters.base import ConversionRequest, ConvertOptions, Limits, WorkerContext
+    from converters.dropfolder import DropFolder
     from converters.registry import default_registry
 
     hello = json.loads(sys.stdin.readline())
@@ -50,14 +51,15 @@ def _serve(proto: IO[str]) -> int:
         failed = 0
         for name in batch["files"]:
             source = Path(name)
-            request = ConversionRequest(
-                input_path=source,
-                output_path=out_dir / f"{source.stem}.{hello['target']}",
-                options=options,
-                allowed_root=source.parent,
-            )
             try:
-                converter.convert(request, ctx)
+                with DropFolder.open(source.parent) as drop_folder:
+                    request = ConversionRequest(
+                        input_path=source,
+                        output_path=out_dir / f"{source.stem}.{hello['target']}",
+                        options=options,
+                        drop_folder=drop_folder,
+                    )
+                    converter.convert(request, ctx)
             except Exception:
                 failed += 1
         proto.write(json.dumps({"done": len(batch["files"]), "failed": failed}) + "\n")

@@ -21,6 +21,7 @@ from converters.base import (
     WorkerContext,
 )
 from converters.docling_md import DoclingSimpleToMarkdown
+from converters.dropfolder import DropFolder
 from converters.errors import (
     ConverterFailed,
     CorruptInput,
@@ -75,13 +76,14 @@ def _convert(
     conv: Converter, ctx: WorkerContext, src: Path, **options: Any
 ) -> tuple[ConversionResult, str]:
     out = src.with_suffix(".out.md")
-    request = ConversionRequest(
-        input_path=src,
-        output_path=out,
-        options=ConvertOptions(**options),
-        allowed_root=src.parent,
-    )
-    result = conv.convert(request, ctx)
+    with DropFolder.open(src.parent) as drop_folder:
+        request = ConversionRequest(
+            input_path=src,
+            output_path=out,
+            options=ConvertOptions(**options),
+            drop_folder=drop_folder,
+        )
+        result = conv.convert(request, ctx)
     return result, out.read_bytes().decode("utf-8")
 
 
@@ -375,6 +377,16 @@ def test_html_keeps_heading_and_paragraph(simple_ctx: WorkerContext, html_file: 
     assert f"# {HTML_HEADING}" in md.splitlines()
     assert HTML_PARAGRAPH in md
     assert "- first item" in md
+
+
+def test_html_in_a_declared_legacy_charset_keeps_its_characters(
+    simple_ctx: WorkerContext, tmp_path: Path
+) -> None:
+    source = tmp_path / "old.html"
+    page = "<html><head><meta charset='windows-1252'></head><body><p>Café crème</p></body></html>"
+    source.write_bytes(page.encode("cp1252"))
+    _, md = _convert(_simple("html", simple_ctx), simple_ctx, source)
+    assert "Café crème" in md
 
 
 def test_corrupt_docx_is_corrupt_input(simple_ctx: WorkerContext, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
+from converters.dropfolder import DropFolder
 from converters.errors import CorruptInput, EncryptedInput, TooManyPages
 from converters.pdf_docx import PdfToDocx
 from tests.fixtures.web_docs import PDF_LINES, make_text_pdf
@@ -34,7 +35,8 @@ def _convert(source: Path, out: Path, limits: Limits | None = None) -> Conversio
     conv = PdfToDocx()
     assert conv.problems(ctx) == []
     conv.warm(ctx)
-    return conv.convert(ConversionRequest(source, out, ConvertOptions(), source.parent), ctx)
+    with DropFolder.open(source.parent) as drop_folder:
+        return conv.convert(ConversionRequest(source, out, ConvertOptions(), drop_folder), ctx)
 
 
 def _docx_text(path: Path) -> str:
@@ -93,3 +95,16 @@ def test_page_limit_is_checked_before_converting(tmp_path: Path) -> None:
 
     assert _convert(source, out, Limits(max_pages=3)).pages == 3
     assert _docx_text(out).count(PDF_LINES[1]) == 3
+
+
+def test_a_pdf_of_blank_pages_gives_an_empty_docx_that_says_so(tmp_path: Path) -> None:
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument.new()
+    document.new_page(595, 842)
+    document.save(str(tmp_path / "blank.pdf"))
+    document.close()
+    out = tmp_path / "out.docx"
+    result = _convert(tmp_path / "blank.pdf", out)
+    assert out.is_file()
+    assert result.warnings == ["empty_output"]

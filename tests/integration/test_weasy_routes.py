@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import http.server
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from converters.base import (
     Route,
     WorkerContext,
 )
+from converters.dropfolder import DropFolder as PinnedFolder
 from converters.errors import OptionsInvalid, TooManyPages, UnsupportedContent
 from converters.html_pdf import HtmlToPdf
 from converters.md_pdf import MarkdownToPdf
@@ -75,7 +77,10 @@ def _convert(
     ctx = _ctx(limits)
     assert conv.problems(ctx) == []
     conv.warm(ctx)
-    return conv.convert(ConversionRequest(source, out, options or ConvertOptions(), root), ctx)
+    with PinnedFolder.open(root) as folder:
+        return conv.convert(
+            ConversionRequest(source, out, options or ConvertOptions(), folder), ctx
+        )
 
 
 def _pdf_text(path: Path) -> str:
@@ -337,7 +342,7 @@ def test_files_outside_the_drop_folder_are_not_read(
     assert "root:" not in text
     assert "/etc/passwd" not in opened_files
     assert str(leak) not in opened_files
-    assert str(drop.root / "inside.css") in opened_files
+    assert "inside.css" in opened_files  # opened by name beneath the pinned folder
     assert result.warnings == ["local_resource_blocked"]
 
 
@@ -391,3 +396,198 @@ def test_rendered_page_cap(tmp_path: Path) -> None:
 
     result = _convert(HtmlToPdf(), drop.document, drop.root, out, limits=Limits(max_pages=3))
     assert result.pages == 3
+
+
+# --- the pinned drop folder (issue 10, findings 1 and 7) ---------------------
+
+SECRET_BYTES = b"PAYROLL-SECRET-9043 alice=120000"
+
+
+def _pdf_attachments(path: Path) -> list[bytes]:
+    import pypdfium2 as pdfium
+
+    document = pdfium.PdfDocument(str(path))
+    try:
+        return [
+            bytes(document.get_attachment(i).get_data())
+            for i in range(document.count_attachments())
+        ]
+    finally:
+        document.close()
+
+
+def _leaked(out: Path) -> bool:
+    """The secret anywhere: raw PDF bytes, attachments (decompressed), page text."""
+    return (
+        SECRET_BYTES in out.read_bytes()
+        or any(SECRET_BYTES in data for data in _pdf_attachments(out))
+        or SECRET_BYTES.decode() in _pdf_text(out)
+    )
+
+
+def _hostile_source(folder: Path, kind: str, secret: Path) -> Path:
+    """A document asking for the secret three ways, plus a control attachment."""
+    refs = (
+        f"<link rel='attachment' href='file://{secret}'>"
+        "<link rel='attachment' href='file:///etc/passwd'>"
+        "<link rel='attachment' href='sub/secret.txt'>"
+        "<link rel='attachment' href='notes.txt'>"
+    )
+    if kind == "html":
+        source = folder / "evil.html"
+        source.write_text(
+            f"<!doctype html><html><head><title>t</title>{refs}</head>"
+            "<body><h1>Probe</h1></body></html>",
+            encoding="utf-8",
+        )
+    else:
+        source = folder / "evil.md"
+        source.write_text(f"# Probe\n\n{refs}\n", encoding="utf-8")
+    return source
+
+
+@pytest.mark.parametrize("kind", ["html", "md"])
+def test_attachments_outside_or_through_links_are_not_embedded(tmp_path: Path, kind: str) -> None:
+    secret_dir = tmp_path / "elsewhere"
+    secret_dir.mkdir()
+    secret = secret_dir / "secret.txt"
+    secret.write_bytes(SECRET_BYTES)
+    folder = tmp_path / "inbox" / "to-pdf" / "x.tmp"
+    folder.mkdir(parents=True)
+    (folder / "notes.txt").write_bytes(b"CONTROL-ATTACHMENT-1207")
+    (folder / "sub").symlink_to(secret_dir)  # a folder that is a link, inside the drop
+    source = _hostile_source(tmp_path, kind, secret)
+    conv: Converter = HtmlToPdf() if kind == "html" else MarkdownToPdf()
+    out = tmp_path / "out.pdf"
+    result = _convert(conv, source, folder, out)
+
+    assert not _leaked(out)
+    assert b"root:x:0:0" not in out.read_bytes()
+    assert not any(b"root:" in data for data in _pdf_attachments(out))
+    assert _pdf_attachments(out) == [b"CONTROL-ATTACHMENT-1207"]  # the method can see one
+    assert result.warnings == ["local_resource_blocked"]
+
+
+@pytest.mark.parametrize("kind", ["html", "md"])
+def test_a_folder_swapped_for_a_symlink_after_the_claim_leaks_nothing(
+    tmp_path: Path, kind: str
+) -> None:
+    """``rmdir x.tmp && ln -s / x.tmp`` (and a rename) after the folder was pinned."""
+    secret_dir = tmp_path / "elsewhere"
+    secret_dir.mkdir()
+    (secret_dir / "secret.txt").write_bytes(SECRET_BYTES)
+    folder = tmp_path / "x.tmp"
+    folder.mkdir()
+    source = _hostile_source(tmp_path, kind, secret_dir / "secret.txt")
+    source.write_text(source.read_text().replace("sub/secret.txt", "secret.txt"))
+    ctx = _ctx()
+    conv: Converter = HtmlToPdf() if kind == "html" else MarkdownToPdf()
+    conv.warm(ctx)
+    out = tmp_path / "out.pdf"
+    with PinnedFolder.open(folder) as pinned:
+        folder.rmdir()
+        folder.symlink_to(secret_dir)  # the old path now names the secret's folder
+        result = conv.convert(ConversionRequest(source, out, ConvertOptions(), pinned), ctx)
+
+    assert not _leaked(out)
+    assert _pdf_attachments(out) == []
+    assert result.warnings == ["local_resource_blocked", "resource_missing"]
+
+
+@pytest.mark.parametrize("kind", ["html", "md"])
+def test_hard_linked_resources_are_refused(tmp_path: Path, kind: str) -> None:
+    secret = tmp_path / "secret.css"
+    secret.write_bytes(b"h1::after { content: '" + SECRET_BYTES + b"' }")
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    os.link(secret, folder / "sec.css")
+    refs = "<link rel='attachment' href='sec.css'><link rel='stylesheet' href='sec.css'>"
+    if kind == "html":
+        source = tmp_path / "page.html"
+        source.write_text(f"<!doctype html><head>{refs}</head><h1>Probe</h1>", encoding="utf-8")
+    else:
+        source = tmp_path / "page.md"
+        source.write_text(f"# Probe\n\n{refs}\n", encoding="utf-8")
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf() if kind == "html" else MarkdownToPdf(), source, folder, out)
+
+    assert not _leaked(out)
+    assert _pdf_attachments(out) == []
+    assert "Probe" in _pdf_text(out)
+    assert result.warnings == ["local_resource_blocked"]
+
+
+@pytest.mark.parametrize("kind", ["html", "md"])
+def test_pictures_beside_and_below_load_and_missing_ones_are_named(
+    tmp_path: Path, kind: str
+) -> None:
+    folder = tmp_path / "drop"
+    (folder / "images").mkdir(parents=True)
+    make_png(folder / "beside.png", (30, 20))
+    make_png(folder / "images" / "below.png", (20, 30))
+    if kind == "html":
+        source = tmp_path / "page.html"
+        source.write_text(
+            "<!doctype html><h1>Pictures</h1><img src='beside.png'>"
+            "<img src='images/below.png'><img src='images/gone.png'>",
+            encoding="utf-8",
+        )
+    else:
+        source = tmp_path / "page.md"
+        source.write_text(
+            "# Pictures\n\n![a](beside.png)\n\n![b](images/below.png)\n\n![c](images/gone.png)\n",
+            encoding="utf-8",
+        )
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf() if kind == "html" else MarkdownToPdf(), source, folder, out)
+
+    assert _pdf_image_count(out) == 2
+    assert result.warnings == ["resource_missing"]
+
+
+def test_stylesheet_urls_resolve_in_the_drop_folder(tmp_path: Path) -> None:
+    """A profile stylesheet (a trusted copy) whose url()s name drop-folder files."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    make_png(folder / "logo.png", (20, 20))
+    (folder / "more.css").write_text(f"h1::after {{ content: ' {INSIDE_MARK}' }}")
+    sheet = tmp_path / "job" / "stylesheet.css"
+    sheet.parent.mkdir()
+    sheet.write_text(
+        "@import url('more.css'); @import url('file:///etc/passwd');"
+        "body { background: url('logo.png') no-repeat }",
+        encoding="utf-8",
+    )
+    source = make_markdown(tmp_path / "styled.md")
+    out = tmp_path / "out.pdf"
+    result = _convert(
+        MarkdownToPdf(), source, folder, out, options=ConvertOptions(stylesheet=sheet)
+    )
+
+    assert INSIDE_MARK in _pdf_text(out).replace("\ufffe", "-")  # pdfium: a soft hyphen
+    assert _pdf_image_count(out) == 1
+    assert result.warnings == ["local_resource_blocked"]
+
+
+# --- garbage is not success (finding 12) ---------------------------------------
+
+
+def test_legacy_charset_html_renders_the_right_characters(tmp_path: Path) -> None:
+    source = tmp_path / "old.html"
+    source.write_bytes(
+        "<html><head><meta charset='windows-1252'><title>t</title></head>"
+        "<body><p>Café crème \u2013 naïve</p></body></html>".encode("cp1252")
+    )
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf(), source, tmp_path, out)
+    assert "Café crème \u2013 naïve" in _pdf_text(out)
+    assert result.warnings == []
+
+
+def test_an_html_page_without_anything_to_show_is_flagged(tmp_path: Path) -> None:
+    source = tmp_path / "blank.html"
+    source.write_text("<!doctype html><html><head><title>x</title></head><body> </body></html>")
+    out = tmp_path / "out.pdf"
+    result = _convert(HtmlToPdf(), source, tmp_path, out)
+    assert out.read_bytes().startswith(b"%PDF-")
+    assert result.warnings == ["empty_output"]

@@ -40,3 +40,14 @@ def test_every_sidecar_field_is_described() -> None:
     text = (DOCS / "sidecar.md").read_text()
     for name in Sidecar.model_fields:
         assert re.search(rf"`{name}`", text), name
+
+
+def test_every_warning_code_is_in_sidecar_md() -> None:
+    from converters.warning_codes import MEANINGS, WarningCode
+
+    text = (DOCS / "sidecar.md").read_text()
+    documented = set(
+        re.findall(r"^\| `([a-z_]+)` \| ", text.split("## Warning codes")[1].split("##")[0], re.M)
+    )
+    assert documented == {code.value for code in WarningCode}
+    assert set(MEANINGS) == set(WarningCode)

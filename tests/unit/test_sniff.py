@@ -130,7 +130,11 @@ def test_sniff_utf8_cut_at_head_boundary_is_text(tmp_path: Path) -> None:
         (make_markdown, "a.md", "md"),
         (lambda p: make_html_page(p.parent, p.name), "a.html", "html"),
         (lambda p: p.write_bytes(b"<h1>fragment</h1>"), "b.html", "html"),
-        (lambda p: p.write_bytes(b"<!doctype html><p>caf\xe9</p>"), "c.html", "html"),
+        (
+            lambda p: p.write_bytes(b"<!doctype html><meta charset=latin1><p>caf\xe9</p>"),
+            "c.html",
+            "html",
+        ),
     ],
 )
 def test_good_inputs_pass(
@@ -307,3 +311,97 @@ def test_bomb_is_judged_without_decompressing_it(tmp_path: Path) -> None:
     path.write_bytes(bytes(data))
     with pytest.raises(InputTooLarge, match="zip bomb"):
         check_input(path, "docx", LIMITS)
+
+
+# --- garbage is not success (issue 10, finding 12) --------------------------
+
+
+@pytest.mark.parametrize(
+    ("encoding", "prefix"),
+    [
+        ("utf-32", b""),  # with its BOM, FF FE 00 00: not UTF-16
+        ("utf-32-le", b""),
+        ("utf-32-be", b""),
+        ("utf-32-be", b"\x00\x00\xfe\xff"),
+    ],
+)
+def test_utf32_xml_parts_are_refused(tmp_path: Path, encoding: str, prefix: bytes) -> None:
+    xml = '<?xml version="1.0" encoding="UTF-32"?><!DOCTYPE d [<!ENTITY e "x">]><d>&e;</d>'
+    path = _docx_with_document(tmp_path, prefix + xml.encode(encoding))
+    with pytest.raises(UnsupportedContent, match="encoding Office never writes"):
+        check_input(path, "docx", LIMITS)
+
+
+@pytest.mark.parametrize("label", ["UTF-7", "x-no-such-charset", "UTF-16"])
+def test_xml_declaring_an_encoding_the_scan_cannot_read_is_refused(
+    tmp_path: Path, label: str
+) -> None:
+    # UTF-7 hides "<!DOCTYPE" as "+ADw-!DOCTYPE" from a UTF-8 scan; a UTF-16
+    # declaration on UTF-8 bytes is a lie the parser may believe.
+    hidden = "+ADw-!DOCTYPE d +AFs-+ADw-!ENTITY e +ACI-x+ACI-+AD4-+AF0-+AD4-"
+    xml = f'<?xml version="1.0" encoding="{label}"?>{hidden}<d/>'
+    with pytest.raises(UnsupportedContent, match="encoding Office never writes"):
+        check_input(_docx_with_document(tmp_path, xml), "docx", LIMITS)
+
+
+def test_xml_in_an_ascii_compatible_legacy_encoding_is_judged(tmp_path: Path) -> None:
+    ok = '<?xml version="1.0" encoding="ISO-8859-1"?><d>caf\xe9</d>'.encode("latin-1")
+    check_input(_docx_with_document(tmp_path, ok), "docx", LIMITS)
+    bad = '<?xml version="1.0" encoding="ISO-8859-1"?><!DOCTYPE d [<!ENTITY e "x">]><d/>'
+    with pytest.raises(UnsupportedContent, match="entity declarations"):
+        check_input(_docx_with_document(tmp_path, bad.encode("latin-1")), "docx", LIMITS)
+
+
+def test_random_bytes_named_html_are_refused(tmp_path: Path) -> None:
+    import random
+
+    noise = random.Random(10).randbytes(100 * 1024).replace(b"\x00", b"\x01")
+    path = tmp_path / "noise.html"
+    path.write_bytes(noise)
+    with pytest.raises(UnsupportedContent, match="neither UTF-8 nor declares"):
+        check_input(path, "html", LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("declaration", "body", "accepted"),
+    [
+        ("<meta charset='windows-1252'>", "Café \u2013 naïve".encode("cp1252"), True),
+        (
+            "<meta http-equiv='Content-Type' content='text/html; charset=Shift_JIS'>",
+            "日本語".encode("shift_jis"),
+            True,
+        ),
+        ("<meta charset='windows-1252'>", b"bad \x81\x8d\x90 bytes", False),  # undefined in cp1252
+        ("<meta charset='klingon'>", "Café".encode("cp1252"), False),
+        ("<meta charset='utf-7'>", "Café".encode("cp1252"), False),
+        ("<meta charset='utf-8'>", "Café".encode("cp1252"), False),
+        ("", "Café".encode("cp1252"), False),
+    ],
+)
+def test_non_utf8_html_needs_a_charset_it_really_is_in(
+    tmp_path: Path, declaration: str, body: bytes, accepted: bool
+) -> None:
+    path = tmp_path / "old.html"
+    path.write_bytes(b"<html><head>" + declaration.encode() + b"</head><body>" + body)
+    if accepted:
+        check_input(path, "html", LIMITS)
+    else:
+        with pytest.raises(UnsupportedContent):
+            check_input(path, "html", LIMITS)
+
+
+def test_legacy_html_decodes_to_the_same_text_for_every_route(tmp_path: Path) -> None:
+    from converters.text import read_html_input
+
+    path = tmp_path / "old.html"
+    path.write_bytes("<meta charset=windows-1252><p>Café</p>".encode("cp1252"))
+    assert read_html_input(path) == "<meta charset=utf-8><p>Café</p>"
+
+
+@pytest.mark.parametrize("source", ["md", "html"])
+@pytest.mark.parametrize("content", [b" ", b"\n\n\t  \r\n", b"\xef\xbb\xbf  \n", b" " * 3_000_000])
+def test_white_space_only_text_is_corrupt(tmp_path: Path, source: str, content: bytes) -> None:
+    path = tmp_path / f"blank.{source}"
+    path.write_bytes(content)
+    with pytest.raises(CorruptInput, match="only white space"):
+        check_input(path, source, LIMITS)
