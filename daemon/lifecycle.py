@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import errno
 import os
 import shutil
@@ -277,16 +276,11 @@ class Lifecycle:
                 "output_path": str(job.work_dir / resolved.output_relative.name),
                 "options": options.model_dump(mode="json"),
             }
-            # lead replaces: fd from the claim
-            drop_fd: int | None = None
-            with contextlib.suppress(OSError):  # gone or swapped: the job loads nothing
-                drop_fd = os.open(
-                    self.root.inbox / resolved.relative_path.parent,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                )
             try:
+                # The drop folder as the claim's walk opened it: resources are read
+                # beneath this descriptor, whatever happened to the path since.
                 reply = await pool.run(
-                    payload, on_start=lambda: self._count_attempt(job), drop_fd=drop_fd
+                    payload, on_start=lambda: self._count_attempt(job), drop_fd=job.drop_fd
                 )
             except WorkerCrashed:
                 if job.record.attempts >= self.settings.max_attempts:
@@ -295,9 +289,6 @@ class Lifecycle:
                     "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
                 )
                 continue
-            finally:
-                if drop_fd is not None:
-                    os.close(drop_fd)
             if not reply.get("ok"):
                 raise error_for_code(str(reply.get("code")), str(reply.get("message")))
             if job.record.input_size is not None and await asyncio.to_thread(
