@@ -153,9 +153,10 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, root: DataRoot, profile: str) -> None:
+    def __init__(self, root: DataRoot, profile: str, *, max_input_bytes: int) -> None:
         self.root = root
         self.profile = profile
+        self.max_input_bytes = max_input_bytes
         self._inbox_fd: int | None = None
 
     @property
@@ -250,7 +251,8 @@ class JobStore:
 
         A file with more than one hard link is refused unread: the other name may
         be a file outside the inbox that the dropper could not otherwise read. The
-        checks and the hash use one descriptor opened without following links.
+        checks and the hash use one descriptor opened without following links. A
+        file over ``max_input_bytes`` gets its size but no hash (it fails unread).
         """
         try:
             fd = os.open(job.input_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -261,7 +263,10 @@ class JobStore:
             if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
                 job.record.input_size = st.st_size
                 job.record.input_mtime_ns = st.st_mtime_ns
-                job.record.input_sha256 = sha256_fd(fd)
+                # An input over the limit fails unread: a sparse 40 GiB file
+                # costs an fstat, not minutes of hashing zeros.
+                if st.st_size <= self.max_input_bytes:
+                    job.record.input_sha256 = sha256_fd(fd)
                 job.save()
         finally:
             os.close(fd)

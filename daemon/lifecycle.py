@@ -28,6 +28,7 @@ from converters.base import AccelerationInfo, ConvertOptions, Lane
 from converters.errors import (
     CrashLoop,
     InputStillChanging,
+    InputTooLarge,
     NotRegularFile,
     OptionsInvalid,
     SirError,
@@ -82,7 +83,9 @@ class Lifecycle:
     ) -> None:
         self.settings = settings
         self.root = DataRoot(settings.data_root)
-        self.store = JobStore(self.root, settings.name)
+        self.store = JobStore(
+            self.root, settings.name, max_input_bytes=settings.limits.max_input_bytes
+        )
         self.publisher = Publisher(
             self.root, self.store, delete_on_success=settings.on_success == "delete"
         )
@@ -207,6 +210,7 @@ class Lifecycle:
             self._refuse_unsafe_entry(job)
             if job.record.input_sha256 is None:
                 await asyncio.to_thread(self.store.fill_input_facts, job)
+            self._refuse_oversized(job)
             resolved = self.root.resolve(job.record.relative, self.settings.default_targets)
             bound = bound.bind(route=f"{resolved.source}->{resolved.target}")
             converter = self.registry.get(resolved.source, resolved.target)
@@ -252,6 +256,17 @@ class Lifecycle:
             raise NotRegularFile(
                 f"{job.record.relative.name} has {st.st_nlink} hard links; "
                 "copy the file into the inbox instead of linking it"
+            )
+
+    def _refuse_oversized(self, job: Job) -> None:
+        """The size limit, from the claim's fstat, before any worker reads a byte."""
+        limit = self.settings.limits.max_input_bytes
+        size = job.record.input_size
+        if size is not None and size > limit:
+            raise InputTooLarge(
+                f"{readable(job.record.relative.name)} is {size} bytes, the limit is {limit}",
+                size=size,
+                limit=limit,
             )
 
     async def _convert(
