@@ -13,8 +13,13 @@ from converters.warning_codes import WarningCode
 
 __all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
 
-PANDOC_TIMEOUT_SECONDS = 300
-PANDOC_HEAP_MB = 2048
+# Backstops under the lane's own limits (daemon/config.py): the route budget
+# (md->pdf: 30 s + 30 s per MB, at most the lane's 300 s) kills the worker's
+# whole group first, and the heap cap stays under the lane's memory_ceiling_mb
+# (4096 MB) with the worker's own ~1 GB beside it, so a nested-lines bomb ends
+# as pandoc's quick heap failure, not a memory kill of the worker.
+PANDOC_TIMEOUT_SECONDS = 240
+PANDOC_HEAP_MB = 1024
 _NOT_FETCHED = re.compile(r"Could not fetch resource (\S+?):? ")
 # A URL naming another host; file: URLs (file:///etc/passwd) are local reads.
 _URL = re.compile(r"^(?![Ff][Ii][Ll][Ee]:)[A-Za-z][A-Za-z0-9+.-]*://")

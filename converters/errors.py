@@ -24,6 +24,7 @@ __all__ = [
     "ModelsMissing",
     "NotRegularFile",
     "OptionsInvalid",
+    "ResourceLimitExceeded",
     "SirError",
     "Timeout",
     "TooManyPages",
@@ -135,6 +136,18 @@ class DependencyMissing(ConversionError):
 class Timeout(ConversionError):
     code = "timeout"
     exit_code = EX_TEMPFAIL
+
+
+class ResourceLimitExceeded(ConversionError):
+    """The job's worker passed its lane's memory limit and was killed.
+
+    65 like ``input_too_large``: the input demands more than the profile allows,
+    and running it again with the same settings fails the same way, so it is
+    neither retried on another worker nor ``retryable``.
+    """
+
+    code = "resource_limit_exceeded"
+    exit_code = EX_DATAERR
 
 
 class WorkerCrashed(ConversionError):

@@ -27,6 +27,8 @@ __all__ = [
     "DEFAULT_IGNORE_DIRS",
     "DEFAULT_IGNORE_PATTERNS",
     "EnvOverrides",
+    "LaneSettings",
+    "RouteBudget",
     "ProfileSettings",
     "Settings",
     "check_data_roots",
@@ -67,6 +69,32 @@ DEFAULT_ASSET_EXTENSIONS: tuple[str, ...] = (
 )
 
 
+class RouteBudget(BaseModel):
+    """A route's time budget: ``base_seconds`` plus ``seconds_per_mb`` of input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base_seconds: float = Field(gt=0)
+    seconds_per_mb: float = Field(default=0.0, ge=0)
+
+
+# Measured on a 2-core machine (docs/performance.md): a legitimate file takes a
+# fraction of these; a hostile one is stopped long before the lane's cap.
+ROUTE_BUDGETS: dict[str, RouteBudget] = {
+    "md->pdf": RouteBudget(base_seconds=30, seconds_per_mb=30),
+    "md->docx": RouteBudget(base_seconds=20, seconds_per_mb=20),
+    "html->md": RouteBudget(base_seconds=20, seconds_per_mb=10),
+    "html->docx": RouteBudget(base_seconds=30, seconds_per_mb=20),
+    "html->pdf": RouteBudget(base_seconds=30, seconds_per_mb=30),
+    "docx->md": RouteBudget(base_seconds=60, seconds_per_mb=30),
+    "pptx->md": RouteBudget(base_seconds=60, seconds_per_mb=30),
+    "xlsx->md": RouteBudget(base_seconds=60, seconds_per_mb=30),
+    "pdf->docx": RouteBudget(base_seconds=60, seconds_per_mb=60),
+    "pdf->md": RouteBudget(base_seconds=120, seconds_per_mb=60),
+}
+EXPRESS_ROUTES: tuple[str, ...] = ("md->pdf", "md->docx", "html->md", "html->pdf", "html->docx")
+
+
 class LaneSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -74,6 +102,20 @@ class LaneSettings(BaseModel):
     job_timeout_seconds: float = Field(default=600.0, gt=0)
     recycle_after_jobs: int = Field(default=200, ge=1)
     memory_ceiling_mb: int = Field(default=4096, ge=64)
+    # RLIMIT_DATA of CPU-lane workers (and pandoc), as a multiple of the ceiling; 0: none.
+    hard_memory_factor: float = Field(default=1.5, ge=0)
+    retry_killed_jobs: bool = False
+    budgets: dict[str, RouteBudget] = Field(default_factory=lambda: dict(ROUTE_BUDGETS))
+    express_workers: int = Field(default=0, ge=0, le=8)
+    express_max_bytes: int = Field(default=64 * 1024, ge=0)
+    express_seconds: float = Field(default=5.0, gt=0)
+    express_routes: tuple[str, ...] = EXPRESS_ROUTES
+
+    @field_validator("budgets")
+    @classmethod
+    def _over_defaults(cls, value: dict[str, RouteBudget]) -> dict[str, RouteBudget]:
+        """A profile names the routes it changes; the others keep their defaults."""
+        return {**ROUTE_BUDGETS, **value}
 
 
 class ProfileSettings(BaseModel):
@@ -116,7 +158,7 @@ class ProfileSettings(BaseModel):
     queue_size: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=3, ge=1, description="crash/worker-loss retries")
     drain_seconds: float = Field(default=60.0, ge=0)
-    cpu: LaneSettings = LaneSettings(workers=2, job_timeout_seconds=300)
+    cpu: LaneSettings = LaneSettings(workers=2, job_timeout_seconds=300, express_workers=1)
     gpu: LaneSettings = LaneSettings(workers=1, job_timeout_seconds=900)
     min_free_disk_mb: int = Field(default=512, ge=0)
     heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)

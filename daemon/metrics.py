@@ -83,8 +83,22 @@ class Metrics:
         )
         self.worker_restarts = Counter(
             f"{NS}_worker_restarts",
-            "Worker processes replaced, by lane and reason (timeout, memory, crash, recycle).",
+            "Worker processes replaced, by lane and reason "
+            "(timeout, memory, crash, recycle, express_overrun, error).",
             ["lane", "reason"],
+            registry=r,
+        )
+        self.slot_errors = Counter(
+            f"{NS}_slot_errors",
+            "Unexpected exceptions in a lane's slot, by lane and kind: job (contained, the "
+            "job failed internal_error) or slot (the slot's task died and was restarted).",
+            ["lane", "kind"],
+            registry=r,
+        )
+        self.dead_slots = Gauge(
+            f"{NS}_dead_slots",
+            "Slots whose task died and is being restarted, by lane.",
+            ["lane"],
             registry=r,
         )
         self.gpu_available = Gauge(

@@ -202,9 +202,25 @@ class Readiness:
         return self._ok("watcher", observer=svc.settings.observer)
 
     def _workers(self) -> CheckResult:
+        pools = self.service.pools
+        dead = {lane.value: pool.dead_slots() for lane, pool in pools.items()}
+        if any(dead.values()):
+            errors = {
+                f"{lane.value}/{s.index}": s.last_error
+                for lane, pool in pools.items()
+                for s in pool.slots
+                if s.index in dead[lane.value]
+            }
+            return self._fail(
+                "workers",
+                "a worker slot stopped on an unexpected error and is being restarted",
+                dead_slots=dead,
+                errors=errors,
+            )
+        # An express slot restarts after each overrun and is not needed to serve.
         cold = {
-            lane.value: [s.index for s in pool.slots if not s.warm]
-            for lane, pool in self.service.pools.items()
+            lane.value: [s.index for s in pool.slots if not s.warm and not s.express]
+            for lane, pool in pools.items()
         }
         if any(cold.values()):
             return self._fail("workers", "workers are starting or warming up", cold_slots=cold)

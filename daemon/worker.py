@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from converters.dropfolder import DropFolder
+from daemon.wire import encode
 
 __all__ = ["main"]
 
@@ -74,7 +75,8 @@ def _die_with_daemon() -> None:
 
 
 def _send(stream: IO[str], message: dict[str, Any]) -> None:
-    stream.write(json.dumps(message) + "\n")
+    """One line, every string and the whole line cut to size (daemon/wire.py)."""
+    stream.write(encode(message).decode())
     stream.flush()
 
 
@@ -102,6 +104,19 @@ def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
     return DropFolder.open(Path(_empty_folder()))
 
 
+def _limit_data(megabytes: object) -> None:
+    """The lane's hard cap (``RLIMIT_DATA``), inherited by pandoc; see LaneSettings.
+
+    Counts private writable memory, so an allocation past it fails at once
+    (``MemoryError``, or pandoc's heap error) instead of growing the machine
+    into the OOM killer. Never sent for the GPU lane: CUDA and ROCm map their
+    own regions, and a cap there breaks them in ways no test here can show.
+    """
+    if isinstance(megabytes, int) and megabytes > 0:
+        cap = megabytes * 2**20
+        resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
+
+
 def main() -> int:
     _die_with_daemon()
     proto = _protocol_stream()
@@ -122,6 +137,7 @@ def main() -> int:
     from converters.sniff import check_input
 
     hello = json.loads(sys.stdin.readline())
+    _limit_data(hello.get("data_limit_mb"))
     lane = Lane(hello["lane"])
     policy = hello["gpu_policy"]
     models_dir = Path(hello["models_dir"]) if hello.get("models_dir") else None
@@ -130,6 +146,8 @@ def main() -> int:
     channel = socket.socket(fileno=fd_channel) if isinstance(fd_channel, int) else None
     registry = default_registry()
     converters = registry.in_lane(lane)
+    if hello.get("routes") is not None:  # an express worker warms only its cheap routes
+        converters = [c for c in converters if str(c.route) in hello["routes"]]
 
     started = time.monotonic()
     startup_error: SirError | None = None
@@ -227,10 +245,12 @@ def main() -> int:
                 "retryable": exc.retryable,
             }
         except MemoryError:
+            # The lane's hard cap (or the machine) refused an allocation; the
+            # pool replaces this worker after such a reply.
             reply = {
                 "ok": False,
-                "code": "input_too_large",
-                "message": "out of memory",
+                "code": "resource_limit_exceeded",
+                "message": "the conversion ran out of memory (the lane's hard memory cap)",
                 "retryable": False,
             }
         except Exception as exc:
