@@ -28,6 +28,9 @@ from pathlib import Path
 __all__ = ["Arrival", "SettleTracker", "StatKey"]
 
 StatKey = tuple[int, int]  # (size, mtime_ns)
+# An empty file with no close seen settles after this many quiet windows (at
+# least this many seconds): its close may have happened before the watch.
+EMPTY_GIVE_UP_FACTOR = 20
 
 
 class Arrival(enum.Enum):
@@ -115,8 +118,13 @@ class SettleTracker:
                 continue
             if self.require_close and not entry.closed and (entry.wrote or current[0] == 0):
                 # Written while watched (the close will be seen), or created and
-                # still empty. Data with no write seen predates the watch.
-                continue
+                # still empty. Data with no write seen predates the watch. An
+                # empty file whose close predates the watch would wait forever:
+                # after EMPTY_GIVE_UP_FACTOR quiet windows it settles (and fails
+                # as empty, in failed/, rather than sitting unseen in the inbox).
+                quiet_for = now - entry.last_event
+                if entry.wrote or quiet_for < EMPTY_GIVE_UP_FACTOR * max(self.settle_seconds, 1):
+                    continue
             quiet = now - entry.last_event >= self.settle_seconds
             stable = now - entry.stable_since >= self.settle_seconds
             if quiet and stable:

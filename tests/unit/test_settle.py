@@ -125,3 +125,14 @@ def test_created_empty_file_waits_for_its_close() -> None:
     assert t.due(5.0, st) == []
     t.observe(P, Arrival.CLOSED, 5.0)
     assert t.due(6.1, st) == [P]
+
+
+def test_an_empty_file_whose_close_was_missed_settles_eventually() -> None:
+    """A file created empty in a folder before its watch existed reports no
+    close; it must not wait in the inbox forever (it fails as empty instead)."""
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    st.value = (0, 1)
+    t.observe(P, Arrival.CREATED, 0.0)
+    assert t.due(1.5, st) == []
+    assert t.due(10.0, st) == []
+    assert t.due(21.0, st) == [P]
