@@ -29,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -222,31 +223,38 @@ def _wait_quiet(d: FaultyDaemon, timeout: float) -> None:
     raise AssertionError(f"the inbox never went quiet: {d.status()}")
 
 
-def _failed_entries(d: FaultyDaemon) -> dict[bytes, bytes]:
-    """failed/ entry (inbox-relative bytes) -> its error sidecar's code."""
-    found: dict[bytes, bytes] = {}
-    root = os.fsencode(d.failed)
-    for folder, dirs, files in os.walk(root):
-        for name in files + [x for x in dirs if os.path.islink(os.path.join(folder, x))]:
+def _input_key(car: dict[str, Any]) -> bytes:
+    """The exact bytes of a sidecar's inbox-relative input path."""
+    raw = car["input"]["relative_path_b64"]
+    return base64.b64decode(raw) if raw else str(car["input"]["relative_path"]).encode()
+
+
+def _failed_by_input(d: FaultyDaemon) -> dict[bytes, str]:
+    """Inbox-relative input (exact bytes) -> error code, for everything in failed/.
+
+    Each error sidecar must sit next to its input (names near 255 bytes are
+    shortened in failed/ to leave room for ``.error.json``)."""
+    found: dict[bytes, str] = {}
+    for folder, _, names in os.walk(os.fsencode(d.failed)):
+        for name in names:
             if name.endswith(b".error.json"):
-                continue
-            path = os.path.join(folder, name)
-            sidecar = path + b".error.json"
-            assert os.path.exists(sidecar), f"no error sidecar for {path!r}"
-            code = json.loads(Path(os.fsdecode(sidecar)).read_text())["error"]["code"]
-            found[os.path.relpath(path, root)] = code.encode()
+                sidecar = os.path.join(folder, name)
+                assert os.path.lexists(sidecar[: -len(b".error.json")]), sidecar
+                car = json.loads(Path(os.fsdecode(sidecar)).read_text())
+                key = _input_key(car)
+                assert key not in found, f"failed twice: {key!r}"
+                found[key] = car["error"]["code"]
     return found
 
 
-def _sidecars_by_input(d: FaultyDaemon) -> dict[bytes, dict[str, object]]:
+def _sidecars_by_input(d: FaultyDaemon) -> dict[bytes, dict[str, Any]]:
     """Success sidecars by the exact bytes of their input's inbox-relative path."""
-    found: dict[bytes, dict[str, object]] = {}
+    found: dict[bytes, dict[str, Any]] = {}
     for folder, _, names in os.walk(os.fsencode(d.outbox)):
         for name in names:
             if name.endswith(b".meta.json"):
                 car = json.loads(Path(os.fsdecode(os.path.join(folder, name))).read_text())
-                raw = car["input"]["relative_path_b64"]
-                key = base64.b64decode(raw) if raw else car["input"]["relative_path"].encode()
+                key = _input_key(car)
                 assert key not in found, f"two outputs for {key!r}"
                 found[key] = car
     return found
@@ -267,23 +275,24 @@ def test_hundreds_of_hostile_entries_are_all_accounted_for(
     plan = Dropper(d.inbox, canary, rng).drop(ENTRIES)
     _wait_quiet(d, timeout=120 + ENTRIES)
 
-    # every regular file ends once: archived (converted) or failed
+    # every regular file ends once: converted (output, sidecar, archived) or failed
     archived = {
         os.path.relpath(os.path.join(f, n), os.fsencode(d.archive))
         for f, _, names in os.walk(os.fsencode(d.archive))
         for n in names
     }
-    failed = _failed_entries(d)
-    sidecars = _sidecars_by_input(d)
+    failed = _failed_by_input(d)
+    succeeded = _sidecars_by_input(d)
     for relative, digest in plan.files.items():
-        where = (relative in archived) + (relative in failed)
+        where = (relative in succeeded) + (relative in failed)
         assert where == 1, (relative, where, SEED)
-        if relative in archived:
-            assert sidecars[relative]["input"]["sha256"] == digest, (relative, SEED)
+        if relative in succeeded:
+            assert relative in archived, (relative, SEED)
+            assert succeeded[relative]["input"]["sha256"] == digest, (relative, SEED)
     for relative in plan.odd:
         assert relative in failed, (relative, SEED)
     sparse = [r for r, digest in plan.files.items() if digest == "sparse"]
-    assert all(failed[r] == b"input_too_large" for r in sparse), SEED
+    assert sparse and all(failed[r] == "input_too_large" for r in sparse), SEED
 
     # the inbox keeps only what the rules leave alone (folders, ignored entries)
     for folder, dirs, files in os.walk(os.fsencode(d.inbox)):
