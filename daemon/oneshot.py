@@ -52,6 +52,10 @@ async def _convert(
             shutil.copyfile(source, dropped)
             job = service.lifecycle.claim(dropped, datetime.now(UTC))
             assert job is not None
+            # The user named this file: its own folder is the document's folder
+            # (images and stylesheets beside it), not the scratch inbox.
+            job.release()
+            job.drop_fd = os.open(source.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             await service.lifecycle.process(job)
             code, line = _collect(root.root, output_dir, source)
             print(f"[{index}/{len(files)}] {source} -> {line}", file=sys.stderr, flush=True)

@@ -125,10 +125,12 @@ async def test_an_exception_while_serving_fails_the_job_internal_error(
 ) -> None:
     real_run = WorkerProcess.run
 
-    async def broken_run(self: WorkerProcess, job: dict[str, Any], timeout: float) -> Any:
+    async def broken_run(
+        self: WorkerProcess, job: dict[str, Any], timeout: float, drop_fd: int | None = None
+    ) -> Any:
         if job["act"] == "boom":
             raise RuntimeError("injected")
-        return await real_run(self, job, timeout)
+        return await real_run(self, job, timeout, drop_fd)
 
     monkeypatch.setattr(WorkerProcess, "run", broken_run)
     with pytest.raises(SirError) as raised:
