@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from converters.errors import ConverterFailed, DependencyMissing, Timeout
+from converters.errors import ConverterFailed, DependencyMissing, ResourceLimitExceeded, Timeout
 from converters.warning_codes import WarningCode
 
 __all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
@@ -20,6 +20,7 @@ __all__ = ["pandoc_path", "pandoc_version", "resource_warnings", "run_pandoc"]
 # as pandoc's quick heap failure, not a memory kill of the worker.
 PANDOC_TIMEOUT_SECONDS = 240
 PANDOC_HEAP_MB = 1024
+_HEAP_EXHAUSTED = "Heap exhausted"
 _NOT_FETCHED = re.compile(r"Could not fetch resource (\S+?):? ")
 # A URL naming another host; file: URLs (file:///etc/passwd) are local reads.
 _URL = re.compile(r"^(?![Ff][Ii][Ll][Ee]:)[A-Za-z][A-Za-z0-9+.-]*://")
@@ -81,6 +82,12 @@ def run_pandoc(
         )
     except subprocess.TimeoutExpired:
         raise Timeout(f"pandoc did not finish within {timeout:.0f} s") from None
+    if done.returncode != 0 and _HEAP_EXHAUSTED in done.stderr:
+        # The document needs more memory than a job may have: the same input
+        # fails the same way every time, like a worker killed at its ceiling.
+        raise ResourceLimitExceeded(
+            f"pandoc needed more than its {PANDOC_HEAP_MB} MB heap for this document"
+        )
     if done.returncode != 0:
         raise ConverterFailed(
             f"pandoc exited {done.returncode}: {done.stderr.strip()[:500]}",

@@ -56,6 +56,8 @@ class Limits(BaseModel):
     max_input_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_pages: int = Field(default=2000, gt=0)
     max_pixels: int = Field(default=178_956_970, gt=0)  # Pillow's own bomb threshold
+    # All pictures of one Office file together (converters/office_media.py).
+    max_total_pixels: int = Field(default=1_000_000_000, gt=0)
     max_data_url_bytes: int = Field(default=2 * 1024 * 1024, ge=0)
     max_unzipped_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
 

@@ -29,6 +29,7 @@ from converters.errors import (
     TooManyPages,
     UnsupportedContent,
 )
+from converters.office_media import check_media_pixels
 from converters.text import declared_html_charset
 
 __all__ = [
@@ -319,6 +320,7 @@ def _check_ooxml(path: Path, source: str, found: str | None, limits: Limits) -> 
             _check_zip_sizes(path, infos, limits)
             for info in infos:
                 _check_xml_member(path, zf, info)
+            check_media_pixels(path, zf, limits)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as exc:
         raise CorruptInput(f"{path.name} is a damaged zip package ({exc})") from None
 

@@ -16,7 +16,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from converters.base import ConvertOptions, Limits
@@ -27,6 +34,7 @@ __all__ = [
     "DEFAULT_IGNORE_DIRS",
     "DEFAULT_IGNORE_PATTERNS",
     "EnvOverrides",
+    "LANE_DEFAULTS",
     "LaneSettings",
     "RouteBudget",
     "ProfileSettings",
@@ -110,12 +118,34 @@ class LaneSettings(BaseModel):
     express_max_bytes: int = Field(default=64 * 1024, ge=0)
     express_seconds: float = Field(default=5.0, gt=0)
     express_routes: tuple[str, ...] = EXPRESS_ROUTES
+    # Niceness of the regular workers (and their pandoc): express workers keep the
+    # daemon's own, so a small job, and an express worker's warm-up after an
+    # overrun, get the CPU ahead of long conversions (docs/performance.md).
+    regular_nice: int = Field(default=5, ge=0, le=19)
+
+    def budget_seconds(self, route: str, input_bytes: int) -> float:
+        """A job's time budget: its route's base plus a share per MB, capped by the lane.
+
+        Pure, so that tests and docs state the budget a given input runs under.
+        """
+        rule = self.budgets.get(route)
+        if rule is None:
+            return self.job_timeout_seconds
+        budget = rule.base_seconds + rule.seconds_per_mb * input_bytes / 2**20
+        return min(self.job_timeout_seconds, budget)
 
     @field_validator("budgets")
     @classmethod
     def _over_defaults(cls, value: dict[str, RouteBudget]) -> dict[str, RouteBudget]:
         """A profile names the routes it changes; the others keep their defaults."""
         return {**ROUTE_BUDGETS, **value}
+
+
+# Each lane's defaults where they differ from LaneSettings' own.
+LANE_DEFAULTS: dict[str, dict[str, object]] = {
+    "cpu": {"workers": 2, "job_timeout_seconds": 300, "express_workers": 1},
+    "gpu": {"workers": 1, "job_timeout_seconds": 900},
+}
 
 
 class ProfileSettings(BaseModel):
@@ -158,14 +188,26 @@ class ProfileSettings(BaseModel):
     queue_size: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=3, ge=1, description="crash/worker-loss retries")
     drain_seconds: float = Field(default=60.0, ge=0)
-    cpu: LaneSettings = LaneSettings(workers=2, job_timeout_seconds=300, express_workers=1)
-    gpu: LaneSettings = LaneSettings(workers=1, job_timeout_seconds=900)
+    cpu: LaneSettings = LaneSettings.model_validate(LANE_DEFAULTS["cpu"])
+    gpu: LaneSettings = LaneSettings.model_validate(LANE_DEFAULTS["gpu"])
     min_free_disk_mb: int = Field(default=512, ge=0)
     heartbeat_timeout_seconds: float = Field(default=30.0, gt=0)
 
     options: ConvertOptions = ConvertOptions()
     limits: Limits = Limits()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("cpu", "gpu", mode="before")
+    @classmethod
+    def _lane_over_defaults(cls, value: object, info: ValidationInfo) -> object:
+        """A lane table names the keys it changes; the others keep *that lane's* defaults.
+
+        Without this, ``cpu = { workers = 4 }`` silently took LaneSettings' own
+        defaults for the rest: a 600 s time-out and no express worker.
+        """
+        if isinstance(value, Mapping):
+            return {**LANE_DEFAULTS[str(info.field_name)], **value}
+        return value
 
     @field_validator("data_root", "models_dir")
     @classmethod

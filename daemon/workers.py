@@ -58,11 +58,17 @@ class WorkerProcess:
     argv: tuple[str, ...] = (sys.executable, "-m", "daemon.worker")
 
     def __init__(
-        self, lane: Lane, hello: dict[str, Any], *, memory_ceiling_mb: int | None = None
+        self,
+        lane: Lane,
+        hello: dict[str, Any],
+        *,
+        memory_ceiling_mb: int | None = None,
+        nice: int = 0,
     ) -> None:
         self.lane = lane
         self.hello = hello
         self.memory_ceiling_mb = memory_ceiling_mb
+        self.nice = nice
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: dict[str, Any] = {}
         self.jobs_done = 0
@@ -91,6 +97,10 @@ class WorkerProcess:
             channel_fd = child_end.fileno()
         finally:
             child_end.close()
+        if self.nice:
+            # Set before the worker imports anything: its threads and its pandoc inherit it.
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
         await self._send({**self.hello, "fd_channel": channel_fd})
         self.ready = await asyncio.wait_for(self._receive(reply=False), START_TIMEOUT_SECONDS)
         return self.ready
@@ -193,7 +203,8 @@ class WorkerProcess:
                 f"({self.memory_ceiling_mb}); the worker was killed"
             )
         await self.kill()
-        raise Timeout(f"conversion did not finish within {timeout:.0f} s")
+        route = f"{job.get('source')}->{job.get('target')}"
+        raise Timeout(f"conversion did not finish within its {route} budget of {timeout:.0f} s")
 
     async def kill(self) -> None:
         """SIGKILL the worker's process group: the worker and its children (pandoc).
@@ -343,11 +354,7 @@ class LanePool:
     def budget(self, job: dict[str, Any]) -> float:
         """The job's time budget: its route's base plus a share per MB, capped by the lane."""
         route = f"{job.get('source')}->{job.get('target')}"
-        cap = self.settings.job_timeout_seconds
-        rule = self.settings.budgets.get(route)
-        if rule is None:
-            return cap
-        return min(cap, rule.base_seconds + rule.seconds_per_mb * self._input_mb(job))
+        return self.settings.budget_seconds(route, int(self._input_mb(job) * 2**20))
 
     def _input_mb(self, job: dict[str, Any]) -> float:
         path = job.get("input_path")
@@ -426,7 +433,12 @@ class LanePool:
         hello = self.hello
         if slot.express:  # no docling, no torch: warms in a second or two
             hello = {**hello, "routes": list(self.settings.express_routes)}
-        return WorkerProcess(self.lane, hello, memory_ceiling_mb=self.settings.memory_ceiling_mb)
+        return WorkerProcess(
+            self.lane,
+            hello,
+            memory_ceiling_mb=self.settings.memory_ceiling_mb,
+            nice=0 if slot.express else self.settings.regular_nice,
+        )
 
     async def _ensure_worker(self, slot: SlotState) -> WorkerProcess:
         worker = self._workers.get(slot.index)

@@ -214,9 +214,11 @@ def test_read_only_data_root_pauses_and_resumes(
 
 def test_worker_over_its_memory_ceiling_is_recycled_and_jobs_succeed(tmp_path: Path) -> None:
     # A warm CPU worker holds ~1.05 GB: above 3/4 of this ceiling after each job
-    # (recycled), below it during a small md->docx job (not killed).
+    # (recycled), below it during a small md->docx job (not killed). No express
+    # worker: it is lighter, and would take these small files.
     daemon = FaultyDaemon(
-        tmp_path, extra_config="cpu = { workers = 1, memory_ceiling_mb = 1350 }\n"
+        tmp_path,
+        extra_config="cpu = { workers = 1, memory_ceiling_mb = 1350, express_workers = 0 }\n",
     )
     daemon.start(wait_ready=False)
     daemon.wait_lane_warm("cpu")

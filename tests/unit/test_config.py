@@ -103,3 +103,19 @@ def test_separate_roots_pass(tmp_path: Path) -> None:
     cfg = write(tmp_path, two_profiles(tmp_path / "prod", tmp_path / "prod-eval"))
     settings, _ = load_settings(config_path=cfg, profile="prod", environ={})
     check_data_roots(settings, code_dirs=[tmp_path / "code"])
+
+
+def test_a_lane_table_keeps_that_lanes_defaults_for_keys_it_does_not_name(
+    tmp_path: Path,
+) -> None:
+    # The documented example ``cpu = { workers = 4 }`` used to drop the CPU
+    # lane's express worker and 300 s time-out for LaneSettings' own defaults.
+    extra = "cpu = { workers = 4 }\n[profiles.prod.gpu]\nmemory_ceiling_mb = 3000\n"
+    cfg = write(tmp_path, two_profiles(tmp_path / "p", tmp_path / "e", extra))
+    _, prod = load_settings(config_path=cfg, profile="prod", environ={})
+    assert (prod.cpu.workers, prod.cpu.express_workers) == (4, 1)
+    assert prod.cpu.job_timeout_seconds == 300
+    assert (prod.gpu.workers, prod.gpu.job_timeout_seconds) == (1, 900)
+    assert prod.gpu.memory_ceiling_mb == 3000
+    assert prod.cpu.budget_seconds("md->pdf", 2**20) == 60  # 30 s + 30 s per MB
+    assert prod.cpu.budget_seconds("html->pdf", 190 * 2**20) == 300  # capped by the lane
