@@ -143,7 +143,7 @@ class LaneSettings(BaseModel):
 
 # Each lane's defaults where they differ from LaneSettings' own.
 LANE_DEFAULTS: dict[str, dict[str, object]] = {
-    "cpu": {"workers": 2, "job_timeout_seconds": 300, "express_workers": 1},
+    "cpu": {"workers": 2, "job_timeout_seconds": 300, "express_workers": 2},
     "gpu": {"workers": 1, "job_timeout_seconds": 900},
 }
 

@@ -113,7 +113,7 @@ def test_a_lane_table_keeps_that_lanes_defaults_for_keys_it_does_not_name(
     extra = "cpu = { workers = 4 }\n[profiles.prod.gpu]\nmemory_ceiling_mb = 3000\n"
     cfg = write(tmp_path, two_profiles(tmp_path / "p", tmp_path / "e", extra))
     _, prod = load_settings(config_path=cfg, profile="prod", environ={})
-    assert (prod.cpu.workers, prod.cpu.express_workers) == (4, 1)
+    assert (prod.cpu.workers, prod.cpu.express_workers) == (4, 2)
     assert prod.cpu.job_timeout_seconds == 300
     assert (prod.gpu.workers, prod.gpu.job_timeout_seconds) == (1, 900)
     assert prod.gpu.memory_ceiling_mb == 3000

@@ -365,8 +365,8 @@ async def test_status_lists_queue_in_flight_lanes_and_failures(
     assert body == status_payload(service) | {"uptime_seconds": body["uptime_seconds"]}
     assert body["queue"] == [] and body["in_flight"] == [] and body["recent_failures"] == []
     assert body["pending_in_inbox"] == 0
-    # two regular workers and the express one
-    assert body["lanes"]["cpu"] == {"workers": 3, "warm": False, "queue_depth": 0, "outstanding": 0}
+    # two regular workers and the two express ones
+    assert body["lanes"]["cpu"] == {"workers": 4, "warm": False, "queue_depth": 0, "outstanding": 0}
     assert body["lanes"]["gpu"]["workers"] == 1
     assert body["profile"] == "eval" and body["revision"] == REVISION
 
