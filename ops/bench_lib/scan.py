@@ -71,7 +71,7 @@ def time_scan_inbox(inbox: Path, reps: int) -> tuple[list[float], int]:
 def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
     """The daemon's own ``Service.rescan`` on ``root/inbox``: the first call (which
     records every ignored path), later calls, and of those the part that runs in the
-    event loop (``_apply_scan``: it holds up the supervisor's ticks while it runs)."""
+    event loop (``apply_scan``: it holds up the supervisor's ticks while it runs)."""
     from daemon.config import ProfileSettings, Settings
     from daemon.service import Service
 
@@ -89,9 +89,9 @@ def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
             started = time.monotonic()
             await service.rescan()
             later.append(time.monotonic() - started)
-            found, gone = service._scan(list(service._ignored))
+            found, gone = service.walk_inbox(service.ignored_paths())
             started = time.monotonic()
-            service._apply_scan(found, gone)
+            service.apply_scan(found, gone)
             in_loop.append(time.monotonic() - started)
         return {"first": first, "later": median(later), "in_loop": median(in_loop)}
 

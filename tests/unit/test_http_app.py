@@ -23,7 +23,7 @@ from prometheus_client import generate_latest
 
 from converters.models import LAYOUT
 from daemon.config import load_settings
-from daemon.http import make_app, status_payload
+from daemon.http import make_app
 from daemon.metrics import Metrics
 from daemon.readiness import CHECKS, Readiness
 from daemon.service import Service
@@ -279,11 +279,13 @@ async def test_cached_results_are_not_counted_twice(build: Build) -> None:
         assert next(r for r in results if r.name == "data_root_writable").ok
 
 
-async def test_refresher_pauses_intake_while_the_data_root_is_unwritable(
-    build: Build, client: Callable[..., Any]
+async def test_the_supervisor_pauses_intake_while_the_data_root_is_unwritable(
+    build: Build,
 ) -> None:
+    """The Service decides, without any HTTP listener: a full or unwritable data
+    root pauses claims (it used to take the listener's refresher to notice)."""
     service = build()
-    await client(service)  # starting the app starts the refresher
+    supervisor = asyncio.create_task(service.run_forever())
 
     async def paused_becomes(value: str | None) -> None:
         for _ in range(200):
@@ -292,11 +294,15 @@ async def test_refresher_pauses_intake_while_the_data_root_is_unwritable(
             await asyncio.sleep(0.05)
         raise AssertionError(f"intake_paused_reason stayed {service.intake_paused_reason!r}")
 
-    await paused_becomes(None)
-    break_tmp(service)
-    await paused_becomes("data_root_unwritable")
-    mend_tmp(service)
-    await paused_becomes(None)
+    try:
+        await paused_becomes(None)
+        break_tmp(service)
+        await paused_becomes("data_root_unwritable")
+        mend_tmp(service)
+        await paused_becomes(None)
+    finally:
+        service.request_stop()
+        await supervisor
 
 
 # -- /metrics ------------------------------------------------------------------------
@@ -362,7 +368,7 @@ async def test_status_lists_queue_in_flight_lanes_and_failures(
     resp = await http.get("/status")
     assert resp.status == 200
     body = await resp.json()
-    assert body == status_payload(service) | {"uptime_seconds": body["uptime_seconds"]}
+    assert body == service.status() | {"uptime_seconds": body["uptime_seconds"]}
     assert body["queue"] == [] and body["in_flight"] == [] and body["recent_failures"] == []
     assert body["pending_in_inbox"] == 0
     # two regular workers and the express one
