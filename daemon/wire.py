@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from converters.base import ConvertOptions, Device, GpuPolicy, Lane, Limits, RuntimeKind
 from converters.errors import SirError
@@ -135,7 +135,7 @@ class JobRequest(_Message):
 class JobReply(_Message):
     """The result of one job: ``ok`` with what ran, or the ``error`` it failed with."""
 
-    ok: bool
+    ok: StrictBool
     error: Problem | None = None
     retryable: bool = False
     warnings: list[str] = Field(default_factory=list)

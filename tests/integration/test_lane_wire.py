@@ -80,9 +80,7 @@ async def test_a_worker_past_the_ceiling_during_a_job_is_killed_and_not_retried(
 ) -> None:
     starts: list[int] = []
     with pytest.raises(ResourceLimitExceeded) as raised:
-        await asyncio.wait_for(
-            pool.run(_job("alloc", 2000), on_start=lambda: starts.append(1)), 30
-        )
+        await asyncio.wait_for(pool.run(_job("alloc", 2000), on_start=lambda: starts.append(1)), 30)
     assert raised.value.code == "resource_limit_exceeded"
     assert not raised.value.retryable
     assert "memory_ceiling_mb (300)" in raised.value.message

@@ -9,8 +9,11 @@ here; the e2e tests in ``tests/e2e/test_health.py`` cover the warm daemon.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
@@ -25,6 +28,7 @@ from converters.models import LAYOUT
 from daemon.config import load_settings
 from daemon.http import make_app
 from daemon.metrics import Metrics
+from daemon.notify import Notifier
 from daemon.readiness import CHECKS, Readiness
 from daemon.service import Service
 
@@ -388,3 +392,33 @@ def test_health_md_documents_every_check_and_metric() -> None:
     for name in type_lines(generate_latest(Metrics("any").registry).decode()):
         if not name.endswith("_created"):
             assert f"`{name}`" in doc, name
+
+
+# -- systemd: READY=1 means started, STATUS= says why no files are taken -----------------
+
+
+def test_ready_is_sent_once_started_and_status_names_what_blocks_intake(
+    build: Build,
+) -> None:
+    address = tempfile.mkdtemp(prefix="sd-") + "/n"  # AF_UNIX paths are short
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(address)
+    systemd.settimeout(5)
+    try:
+        service = build()
+        service.notifier = Notifier(address, None)
+        service.refresh()  # workers are cold: started, not ready
+        first = systemd.recv(4096).decode()
+        assert first.startswith("READY=1\nSTATUS=not ready (")
+        assert "workers_not_warm" in first and "pending 0, active 0" in first
+        break_tmp(service)
+        service.refresh()
+        service.refresh()  # a check that passed before fails on its second round
+        systemd.recv(4096)
+        second = systemd.recv(4096).decode()
+        assert second.startswith("STATUS=not taking files (")
+        assert "data_root_unwritable" in second
+        assert service.intake_paused_reason == "data_root_unwritable"
+    finally:
+        systemd.close()
+        os.unlink(address)
