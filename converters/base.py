@@ -7,6 +7,8 @@ know the routes and their lanes; only worker processes import the libraries.
 from __future__ import annotations
 
 import enum
+import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, get_args, runtime_checkable
@@ -30,6 +32,7 @@ __all__ = [
     "Route",
     "RuntimeKind",
     "WorkerContext",
+    "package_versions",
 ]
 
 Format = Literal["pdf", "md", "docx", "pptx", "xlsx", "html"]
@@ -122,6 +125,18 @@ class ConversionResult:
     warnings: list[str] = field(default_factory=list)
     pages: int | None = None
     device: Device | None = None
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions by distribution name (``missing`` when absent), without
+    importing anything: what every route's ``versions()`` reports."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
 
 
 @runtime_checkable

@@ -218,7 +218,8 @@ def main() -> int:
                 raise startup_error
             conv = registry.get(job.source, job.target)
             input_path = Path(job.input_path)
-            check_input(input_path, job.source, limits)
+            # Each PDF route opens its PDF itself, once (converters.sniff.inspect_pdf).
+            check_input(input_path, job.source, limits, open_pdf=False)
             request = ConversionRequest(
                 input_path=input_path,
                 output_path=Path(job.output_path),
