@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_lib import procfs
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.drops import Observer
-from bench_lib.plan import Bench
-from bench_lib.stats import median, summary
+from ops.bench_lib import procfs
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.drops import Observer
+from ops.bench_lib.plan import Bench
+from ops.bench_lib.stats import median, summary
 
 __all__ = ["make_idle_tree", "measure_scan", "time_scan_inbox", "time_service_rescan"]
 
