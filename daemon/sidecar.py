@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from converters.base import AccelerationInfo
 from daemon.wire import json_safe
@@ -106,8 +106,16 @@ class ErrorInfo(_Strict):
     details: dict[str, Any] | None = Field(
         default=None,
         description="what the error knows beyond its message (e.g. size and limit for "
-        "input_too_large), as plain JSON; null when it knows nothing more",
+        "input_too_large), as plain JSON; absent when it knows nothing more",
     )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent, not null: an error sidecar without details reads as it always did.
+        data: dict[str, Any] = handler(self)
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
 
 
 def error_details(details: Mapping[str, object]) -> dict[str, Any] | None:

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from typing import Self
 
+    from daemon.layout import DataRoot
+
 __all__ = ["REPO", "DaemonFailed", "DaemonProcess", "daemon_env", "free_port"]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,9 +73,36 @@ class DaemonProcess:
         self._env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self.root: Path | None = None  # the data root, where the caller knows it
 
     def env(self) -> dict[str, str]:
         return dict(self._env)
+
+    # -- the data root (needs the daemon's packages; verify-gpu never asks) --------
+
+    @property
+    def layout(self) -> DataRoot:
+        """The data root's folders, as the daemon itself names them."""
+        from daemon.layout import DataRoot
+
+        assert self.root is not None, "no data root given"
+        return DataRoot(self.root)
+
+    @property
+    def inbox(self) -> Path:
+        return self.layout.inbox
+
+    @property
+    def outbox(self) -> Path:
+        return self.layout.outbox
+
+    @property
+    def failed(self) -> Path:
+        return self.layout.failed
+
+    @property
+    def archive(self) -> Path:
+        return self.layout.archive
 
     # -- life ------------------------------------------------------------------
 

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from daemon.layout import DataRoot
 from daemon.sidecar import ERROR_SUFFIX, META_SUFFIX
 from ops.bench_lib import procfs
 from ops.daemon_harness import REPO, DaemonProcess, daemon_env, free_port
@@ -25,12 +24,12 @@ class BenchDaemon(DaemonProcess):
 
     def __init__(self, base: Path, *, models_dir: Path | None, extra: str = "") -> None:
         base.mkdir(parents=True, exist_ok=True)
-        self.root = base / "root"
+        root = base / "root"
         self.config = base / "config.toml"
         port = free_port()
         self.config.write_text(
             "[profiles.eval]\n"
-            f'data_root = "{self.root}"\n'
+            f'data_root = "{root}"\n'
             f"http_port = {port}\n"
             'gpu_policy = "preferred"\n'
             + (f'models_dir = "{models_dir}"\n' if models_dir else "")
@@ -43,27 +42,11 @@ class BenchDaemon(DaemonProcess):
             "SIR_CONVERT_A_LOT_SERVICE_REVISION": "bench",
         }
         super().__init__(base, port, daemon_env(env))
+        self.root: Path = root
         self.ready_seconds: float | None = None
         self.listening_seconds: float | None = None
 
     # -- paths -----------------------------------------------------------------
-
-    @property
-    def layout(self) -> DataRoot:
-        """The data root's folders, as the daemon itself names them."""
-        return DataRoot(self.root)
-
-    @property
-    def inbox(self) -> Path:
-        return self.layout.inbox
-
-    @property
-    def outbox(self) -> Path:
-        return self.layout.outbox
-
-    @property
-    def failed(self) -> Path:
-        return self.layout.failed
 
     @property
     def staging(self) -> Path:
