@@ -40,6 +40,7 @@ from daemon.notify import Notifier
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker, StatKey
+from daemon.status import status_report
 from daemon.watcher import InboxWatcher, scan_inbox
 from daemon.wire import Hello
 from daemon.workers import LanePool
@@ -347,48 +348,13 @@ class Service:
 
     def status(self) -> dict[str, Any]:
         """The queue, in-flight jobs, lanes and recent failures (/status)."""
-        active = self.lifecycle.active
-        in_flight = []
-        for pool in self.pools.values():
-            for item in pool.in_flight():
-                job = active.get(item.job_id)
-                in_flight.append(
-                    {
-                        "job_id": item.job_id,
-                        "file": readable(job.record.relative_path) if job else None,
-                        "lane": item.lane.value,
-                        "worker_pid": item.worker_pid,
-                        "running_seconds": item.running_seconds,
-                    }
-                )
-        running = {item["job_id"] for item in in_flight}
-        waiting = [j for j in active.values() if j.id not in running]
-        # A job being published or failed is done converting: it is not "queued".
-        queued = [
-            {"job_id": job.id, "file": readable(job.record.relative_path)}
-            for job in waiting
-            if job.record.phase in ("claiming", "claimed")
-        ]
-        finishing = [
-            {
-                "job_id": job.id,
-                "file": readable(job.record.relative_path),
-                "phase": job.record.phase,
-            }
-            for job in waiting
-            if job.record.phase not in ("claiming", "claimed")
-        ]
-        return {
-            **self.identity(),
-            "pending_in_inbox": len(self.tracker),
-            "queue": queued,
-            "in_flight": in_flight,
-            "finishing": finishing,
-            "lanes": {lane.value: pool.summary() for lane, pool in self.pools.items()},
-            "recent_failures": [vars(f) for f in reversed(self.lifecycle.failures)],
-            # Jobs an unexpected error left in .state; recovery finishes them on restart.
-            "stuck": [{"job_id": k, "file": v} for k, v in self.stuck.items()],
-        }
+        return status_report(
+            self.identity(),
+            self.pools,
+            self.lifecycle,
+            pending_in_inbox=len(self.tracker),
+            stuck=self.stuck,
+        )
 
     # -- start and stop ---------------------------------------------------------------------
 
