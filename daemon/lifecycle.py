@@ -29,6 +29,7 @@ from converters.errors import (
     NotRegularFile,
     OptionsInvalid,
     SirError,
+    UnsupportedRoute,
 )
 from converters.registry import Registry
 from daemon import faults
@@ -409,7 +410,7 @@ class Lifecycle:
             await asyncio.to_thread(self.publisher.finish_failure, job)
         route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
         self.metrics.job_finished(route, "failed", error.code)
-        if error.code in ("not_regular_file", "unsupported_route"):
+        if error.code in (NotRegularFile.code, UnsupportedRoute.code):
             self.metrics.files_refused.labels(error.code).inc()
         self.failures.append(
             FailureNote(
