@@ -20,14 +20,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
-from pydantic import BaseModel
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-from converters.dropfolder import DropFolder
-from daemon.wire import Hello, JobReply, JobRequest, Problem, Ready, decode, encode
+    from converters.dropfolder import DropFolder
 
 __all__ = ["main"]
+
+# Only the standard library is imported before ``_die_with_daemon`` has run:
+# a daemon killed while its worker is still starting must not leave an orphan
+# that imports, warms up and races its successor (test_chaos, long mode, found
+# four of them after the wire became pydantic models).
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -50,6 +55,16 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _expected_parent() -> int:
+    """The daemon's pid, from ``--parent PID`` (WorkerProcess passes it): read
+    before anything else, it tells a daemon that died during our start-up from
+    one still alive, which ``getppid()`` alone cannot once we were re-parented."""
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "--parent" and args[1].isdigit():
+        return int(args[1])
+    return os.getppid()
+
+
 def _die_with_daemon() -> None:
     """Linux: end this worker, and whatever it started, when the daemon dies.
 
@@ -59,7 +74,7 @@ def _die_with_daemon() -> None:
     its own timeout. The kernel sends SIGTERM when the parent exits; the handler
     kills the worker's whole process group (the worker leads it), children too.
     """
-    parent = os.getppid()
+    parent = _expected_parent()
 
     def on_parent_death(signum: int, frame: object) -> None:
         if os.getpgrp() == os.getpid():
@@ -78,6 +93,8 @@ def _die_with_daemon() -> None:
 
 def _send(stream: IO[str], message: BaseModel) -> None:
     """One line, every string and the whole line cut to size (daemon/wire.py)."""
+    from daemon.wire import encode
+
     stream.write(encode(message).decode())
     stream.flush()
 
@@ -94,6 +111,8 @@ def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
     empty private folder, so the document renders and loads nothing. Any extra
     descriptor that arrived is closed unused.
     """
+    from converters.dropfolder import DropFolder
+
     if wanted and channel is not None:
         _, fds, _, _ = socket.recv_fds(channel, 1, 4, socket.MSG_CMSG_CLOEXEC)
         for extra in fds[1:]:
@@ -123,6 +142,7 @@ def main() -> int:
     _die_with_daemon()
     proto = _protocol_stream()
     from converters._docling import force_offline
+    from daemon.wire import Hello, JobReply, JobRequest, Problem, Ready, decode
 
     # Offline for good: no hub downloads, ever, in the worker (one definition, in _docling).
     force_offline()

@@ -65,6 +65,8 @@ class WorkerProcess:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *self.argv,
+                "--parent",  # lets a worker whose daemon died during its start-up notice
+                str(os.getpid()),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=None,

@@ -168,3 +168,20 @@ async def test_a_slow_express_job_starts_over_on_a_regular_slot(tmp_path: Path) 
 async def _until(predicate: Callable[[], bool]) -> None:
     while not predicate():
         await asyncio.sleep(0.05)
+
+
+def test_a_worker_whose_daemon_died_during_its_start_exits_at_once() -> None:
+    """A daemon SIGKILLed while its worker was still importing: the worker (now
+    re-parented) must not warm up and live on as an orphan (long chaos mode
+    found four). ``--parent`` names a pid that is not its parent."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemon.worker", "--parent", "999999999"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,  # it kills its own process group: not ours
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.wait(timeout=60) == -signal.SIGKILL
