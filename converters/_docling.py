@@ -11,7 +11,6 @@ import importlib.util
 import io
 import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -43,7 +42,6 @@ __all__ = [
     "force_offline",
     "map_docling_error",
     "num_threads",
-    "package_versions",
     "run_docling",
     "warmup_pdf_bytes",
     "write_markdown",
@@ -63,17 +61,6 @@ def force_offline() -> None:
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None:
         setattr(constants, "HF_HUB_OFFLINE", True)  # noqa: B010 (a module, not typed)
-
-
-def package_versions(names: Iterable[str]) -> dict[str, str]:
-    """Installed versions by distribution name, without importing anything."""
-    out: dict[str, str] = {}
-    for name in names:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = "missing"
-    return out
 
 
 def docling_problem() -> DependencyMissing | None:

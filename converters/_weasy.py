@@ -35,12 +35,18 @@ import io
 import mimetypes
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import unquote, unquote_to_bytes, urlsplit
 
-from converters.base import ConversionRequest, ConversionResult, Limits, WorkerContext
+from converters.base import (
+    ConversionRequest,
+    ConversionResult,
+    Limits,
+    WorkerContext,
+    package_versions,
+)
 from converters.dropfolder import DropFolder, ResourceUnavailable
 from converters.errors import (
     ConverterFailed,
@@ -195,10 +201,7 @@ def default_stylesheet_text() -> str:
 
 
 def weasyprint_version() -> str:
-    try:
-        return metadata.version("weasyprint")
-    except metadata.PackageNotFoundError:
-        return "missing"
+    return package_versions(["weasyprint"])["weasyprint"]
 
 
 def weasyprint_problems() -> list[SirError]:

@@ -7,9 +7,11 @@ know the routes and their lanes; only worker processes import the libraries.
 from __future__ import annotations
 
 import enum
+import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, get_args, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,19 +19,29 @@ from converters.dropfolder import DropFolder
 from converters.errors import SirError
 
 __all__ = [
+    "GPU_POLICIES",
     "AccelerationInfo",
     "ConversionRequest",
     "ConversionResult",
     "ConvertOptions",
     "Converter",
+    "Device",
+    "GpuPolicy",
     "Lane",
     "Limits",
     "Route",
+    "RuntimeKind",
     "WorkerContext",
+    "package_versions",
 ]
 
 Format = Literal["pdf", "md", "docx", "pptx", "xlsx", "html"]
 Target = Literal["md", "pdf", "docx"]
+# The one spelling of the GPU policy (config, CLI, sidecar, wire, converters/gpu.py).
+GpuPolicy = Literal["required", "preferred", "cpu"]
+GPU_POLICIES: tuple[str, ...] = get_args(GpuPolicy)
+RuntimeKind = Literal["cuda", "rocm", "none"]
+Device = Literal["cpu", "cuda"]
 
 
 class Lane(enum.StrEnum):
@@ -80,9 +92,9 @@ class AccelerationInfo(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    policy: Literal["required", "preferred", "cpu"]
-    device: Literal["cpu", "cuda"] | None = None
-    runtime_kind: Literal["cuda", "rocm", "none"] | None = None
+    policy: GpuPolicy
+    device: Device | None = None
+    runtime_kind: RuntimeKind | None = None
     device_name: str | None = None
 
 
@@ -90,11 +102,11 @@ class AccelerationInfo(BaseModel):
 class WorkerContext:
     """What a worker knows when it builds and warms its converters."""
 
-    gpu_policy: Literal["required", "preferred", "cpu"]
+    gpu_policy: GpuPolicy
     models_dir: Path | None
     limits: Limits
-    device: Literal["cpu", "cuda"]
-    runtime_kind: Literal["cuda", "rocm", "none"]
+    device: Device
+    runtime_kind: RuntimeKind
     device_name: str | None = None
 
 
@@ -114,7 +126,19 @@ class ConversionRequest:
 class ConversionResult:
     warnings: list[str] = field(default_factory=list)
     pages: int | None = None
-    device: Literal["cpu", "cuda"] | None = None
+    device: Device | None = None
+
+
+def package_versions(names: Iterable[str]) -> dict[str, str]:
+    """Installed versions by distribution name (``missing`` when absent), without
+    importing anything: what every route's ``versions()`` reports."""
+    out: dict[str, str] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "missing"
+    return out
 
 
 @runtime_checkable

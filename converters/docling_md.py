@@ -11,7 +11,6 @@ from converters._docling import (
     build_simple_converter,
     docling_problem,
     export_markdown,
-    package_versions,
     run_docling,
     write_markdown,
 )
@@ -21,6 +20,7 @@ from converters.base import (
     Lane,
     Route,
     WorkerContext,
+    package_versions,
 )
 from converters.errors import SirError
 from converters.text import read_html_input

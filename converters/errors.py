@@ -3,51 +3,67 @@
 The code flows unchanged into the error sidecar (``error.code``), into the
 ``code`` label of ``sir_convert_a_lot_jobs_total`` and, for the CLI, into the
 process exit code. Codes are part of the public interface: never rename one.
+
+This module holds the errors a conversion can end with; the errors only the
+daemon raises (configuration, crash loops, lost workers, lane limits) live in
+``daemon/errors.py``. Both subclass ``SirError``, so ``known_codes`` sees every
+code once the daemon's module is imported (``daemon.errors`` re-exports it, and
+the daemon uses that).
 """
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Mapping
 from typing import ClassVar
 
 __all__ = [
-    "ConfigError",
     "ConversionError",
     "ConverterFailed",
     "CorruptInput",
-    "CrashLoop",
-    "DataRootOverlap",
     "DependencyMissing",
     "EncryptedInput",
+    "ExitCode",
     "GpuUnavailable",
-    "InputStillChanging",
     "InputTooLarge",
     "ModelsMissing",
     "NotRegularFile",
     "OptionsInvalid",
-    "ResourceLimitExceeded",
     "SirError",
+    "ResourceLimitExceeded",
     "Timeout",
     "TooManyPages",
     "UnsupportedContent",
     "UnsupportedRoute",
-    "WorkerCrashed",
     "error_for_code",
     "known_codes",
 ]
 
-# sysexits.h values, so that shells and systemd can tell failures apart.
-EX_DATAERR = 65
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-EX_CONFIG = 78
+
+class ExitCode(enum.IntEnum):
+    """Process exit statuses: sysexits.h values, so shells and systemd can tell failures apart."""
+
+    OK = 0
+    FAILED = 1
+    DATAERR = 65
+    UNAVAILABLE = 69
+    SOFTWARE = 70
+    TEMPFAIL = 75
+    CONFIG = 78
+    INTERRUPTED = 130
+
+
+EX_DATAERR = ExitCode.DATAERR
+EX_UNAVAILABLE = ExitCode.UNAVAILABLE
+EX_SOFTWARE = ExitCode.SOFTWARE
+EX_TEMPFAIL = ExitCode.TEMPFAIL
 
 
 class SirError(Exception):
     """Base of every error this project raises on purpose."""
 
     code: ClassVar[str] = "internal_error"
-    exit_code: ClassVar[int] = EX_SOFTWARE
+    exit_code: ClassVar[ExitCode] = EX_SOFTWARE
     retryable: ClassVar[bool] = False
 
     def __init__(self, message: str, **details: object) -> None:
@@ -57,15 +73,6 @@ class SirError(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
-
-
-class ConfigError(SirError):
-    code = "config_invalid"
-    exit_code = EX_CONFIG
-
-
-class DataRootOverlap(ConfigError):
-    code = "data_root_overlap"
 
 
 class ConversionError(SirError):
@@ -139,37 +146,18 @@ class Timeout(ConversionError):
 
 
 class ResourceLimitExceeded(ConversionError):
-    """The job's worker passed its lane's memory limit and was killed.
+    """The job needed more memory than its lane allows.
 
-    65 like ``input_too_large``: the input demands more than the profile allows,
-    and running it again with the same settings fails the same way, so it is
+    Raised in the main process when a worker passes its lane's memory ceiling
+    and is killed, in the worker when the hard cap refuses an allocation, and
+    by a converter whose tool passed its own cap (pandoc's heap). 65 like
+    ``input_too_large``: the input demands more than the profile allows, and
+    running it again with the same settings fails the same way, so it is
     neither retried on another worker nor ``retryable``.
     """
 
     code = "resource_limit_exceeded"
     exit_code = EX_DATAERR
-
-
-class WorkerCrashed(ConversionError):
-    code = "worker_crashed"
-    exit_code = EX_TEMPFAIL
-    retryable = True
-
-
-class CrashLoop(ConversionError):
-    """The daemon died this many times while the job was in flight."""
-
-    code = "crash_loop"
-    exit_code = EX_TEMPFAIL
-    retryable = True  # the daemon may have been killed for reasons of its own
-
-
-class InputStillChanging(ConversionError):
-    """A writer kept changing the file after it settled, even across retries."""
-
-    code = "input_still_changing"
-    exit_code = EX_TEMPFAIL
-    retryable = True
 
 
 class ConverterFailed(ConversionError):
@@ -195,7 +183,11 @@ def known_codes() -> dict[str, type[SirError]]:
     return table
 
 
-def error_for_code(code: str, message: str) -> SirError:
+def error_for_code(
+    code: str, message: str, details: Mapping[str, object] | None = None
+) -> SirError:
     """Rebuild a typed error from its code, e.g. one reported by a worker process."""
     cls = known_codes().get(code, ConverterFailed)
-    return cls(message)
+    error = cls(message)
+    error.details = dict(details or {})
+    return error

@@ -9,8 +9,8 @@ the device string ``"cuda"``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Literal
 
+from converters.base import Device, GpuPolicy, RuntimeKind
 from converters.errors import GpuUnavailable
 from converters.warning_codes import WarningCode
 
@@ -20,10 +20,6 @@ __all__ = [
     "probe_torch",
     "select_device",
 ]
-
-RuntimeKind = Literal["cuda", "rocm", "none"]
-Policy = Literal["required", "preferred", "cpu"]
-Device = Literal["cpu", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -105,7 +101,7 @@ def _why_no_gpu(probe: TorchProbe) -> str:
     )
 
 
-def select_device(policy: Policy, probe: TorchProbe) -> tuple[Device, list[str]]:
+def select_device(policy: GpuPolicy, probe: TorchProbe) -> tuple[Device, list[str]]:
     """The device a GPU-lane worker runs on under ``policy``, plus lane warnings.
 
     * ``required``: the GPU or :class:`GpuUnavailable`;

@@ -15,7 +15,6 @@ import functools
 import logging
 import sys
 import warnings
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,11 @@ from converters.base import (
     Lane,
     Route,
     WorkerContext,
+    package_versions,
 )
 from converters.errors import ConverterFailed, DependencyMissing, SirError
 from converters.output_check import docx_has_content
-from converters.sniff import check_pdf
+from converters.sniff import inspect_pdf
 from converters.warning_codes import WarningCode
 
 __all__ = ["PdfToDocx"]
@@ -80,24 +80,13 @@ def _load_pdf2docx() -> tuple[Any, _Pdf2DocxFilter]:
     return pdf2docx.Converter, quiet
 
 
-def _version(package: str) -> str:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return "missing"
-
-
 class PdfToDocx:
     route = Route("pdf", "docx")
     name = "pdf2docx"
     lane = Lane.CPU
 
     def versions(self) -> dict[str, str]:
-        return {
-            "pdf2docx": _version("pdf2docx"),
-            "pymupdf": _version("pymupdf"),
-            "pypdfium2": _version("pypdfium2"),
-        }
+        return package_versions(("pdf2docx", "pymupdf", "pypdfium2"))
 
     def problems(self, ctx: WorkerContext) -> list[SirError]:
         try:
@@ -114,7 +103,7 @@ class PdfToDocx:
         import pypdfium2  # noqa: F401
 
     def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
-        pages = check_pdf(request.input_path, ctx.limits)
+        pages = inspect_pdf(request.input_path, ctx.limits).pages
         converter_cls, quiet = _load_pdf2docx()
         quiet.skipped_pages = 0
         # Anything printed (pdf2docx has a stray print()) goes to stderr, not stdout.

@@ -21,7 +21,6 @@ and carries warning ``table_model_missing``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -31,7 +30,6 @@ from converters._docling import (
     build_pdf_converter,
     docling_problem,
     export_markdown,
-    package_versions,
     run_docling,
     warmup_pdf_bytes,
     write_markdown,
@@ -41,16 +39,13 @@ from converters.base import (
     ConversionResult,
     ConvertOptions,
     Lane,
-    Limits,
     Route,
     WorkerContext,
+    package_versions,
 )
 from converters.errors import (
-    CorruptInput,
-    EncryptedInput,
     ModelsMissing,
     SirError,
-    TooManyPages,
 )
 from converters.models import (
     LAYOUT,
@@ -60,67 +55,21 @@ from converters.models import (
     Artifact,
     missing_files,
 )
+from converters.sniff import inspect_pdf
 from converters.warning_codes import WarningCode
 
 if TYPE_CHECKING:
     from docling.document_converter import DocumentConverter
 
 __all__ = [
-    "PdfFacts",
     "PdfToMarkdown",
-    "inspect_pdf",
 ]
 
 
 TableMode = Literal["fast", "accurate"]
 _TABLE_ARTIFACTS: dict[str, Artifact] = {"fast": TABLEFORMER_FAST, "accurate": TABLEFORMER_ACCURATE}
-_PDFIUM_PASSWORD_ERROR = 4  # FPDF_ERR_PASSWORD
 _MODEL_PACKAGES = ("docling-ibm-models", "torch", "transformers", "rapidocr", "onnxruntime")
 _FETCH_HINT = "run `sir-convert-a-lot models fetch` on a host with internet and copy the folder"
-
-
-@dataclass(frozen=True)
-class PdfFacts:
-    pages: int
-    text_chars: int | None  # non-blank characters of the text layer, when measured
-
-
-def inspect_pdf(path: Path, limits: Limits, *, count_text: bool) -> PdfFacts:
-    """Open the PDF with pdfium: page count (limit enforced) and, optionally, text size."""
-    import pypdfium2 as pdfium
-
-    try:
-        pdf = pdfium.PdfDocument(str(path))
-    except pdfium.PdfiumError as exc:
-        if getattr(exc, "err_code", None) == _PDFIUM_PASSWORD_ERROR:
-            raise EncryptedInput(f"{path.name} is password-protected") from None
-        raise CorruptInput(f"{path.name} is not a readable PDF: {exc}") from None
-    try:
-        pages = len(pdf)
-        if pages == 0:
-            raise CorruptInput(f"{path.name} has no pages")
-        if pages > limits.max_pages:
-            raise TooManyPages(
-                f"{path.name} has {pages} pages, the limit is {limits.max_pages}",
-                pages=pages,
-                limit=limits.max_pages,
-            )
-        if not count_text:
-            return PdfFacts(pages=pages, text_chars=None)
-        chars = 0
-        for index in range(pages):
-            page = pdf[index]
-            try:
-                textpage = page.get_textpage()
-                try:
-                    chars += sum(not c.isspace() for c in textpage.get_text_range())
-                finally:
-                    textpage.close()
-            finally:
-                page.close()
-        return PdfFacts(pages=pages, text_chars=chars)
-    finally:
-        pdf.close()
 
 
 def _models_missing(models_dir: Path | None, artifact: Artifact, why: str) -> ModelsMissing:

@@ -17,6 +17,7 @@ import stat
 import struct
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -37,7 +38,8 @@ __all__ = [
     "MAX_ZIP_RATIO",
     "OOXML_FORMATS",
     "check_input",
-    "check_pdf",
+    "PdfFacts",
+    "inspect_pdf",
     "sniff_format",
 ]
 
@@ -151,11 +153,13 @@ def _sniff_text(head: bytes, *, complete: bool) -> str | None:
 # --- checks -----------------------------------------------------------------
 
 
-def check_input(path: Path, source: str, limits: Limits) -> None:
+def check_input(path: Path, source: str, limits: Limits, *, open_pdf: bool = True) -> None:
     """Refuse an input before conversion; ``source`` is its extension (pdf, docx, ...).
 
     Raises CorruptInput, InputTooLarge, UnsupportedContent, EncryptedInput,
     TooManyPages or NotRegularFile. Returns None when the input may be converted.
+    ``open_pdf=False`` checks a PDF's signature only: the worker passes it
+    because every PDF route opens the document itself with ``inspect_pdf``.
     """
     info = path.stat()
     if not stat.S_ISREG(info.st_mode):
@@ -173,7 +177,8 @@ def check_input(path: Path, source: str, limits: Limits) -> None:
     if source == "pdf":
         if found != "pdf":
             raise _mismatch(path, source, found)
-        check_pdf(path, limits)
+        if open_pdf:
+            inspect_pdf(path, limits)
     elif source in OOXML_FORMATS:
         _check_ooxml(path, source, found, limits)
     elif source in TEXT_FORMATS:
@@ -191,13 +196,24 @@ def _mismatch(path: Path, source: str, found: str | None) -> UnsupportedContent:
     )
 
 
-def check_pdf(path: Path, limits: Limits) -> int:
-    """Open a PDF with pypdfium2 and return its page count, or raise a typed error."""
+@dataclass(frozen=True)
+class PdfFacts:
+    pages: int
+    text_chars: int | None  # non-blank characters of the text layer, when measured
+
+
+def inspect_pdf(path: Path, limits: Limits, *, count_text: bool = False) -> PdfFacts:
+    """Open a PDF with pdfium once: its page count (limit enforced) and, if asked,
+    the size of its text layer; or a typed error (encrypted, corrupt, too long).
+
+    The one PDF check: ``check_input`` and the PDF routes all use it, and the
+    worker leaves it to the route, so a job opens its PDF once.
+    """
     import pypdfium2 as pdfium
     import pypdfium2.raw as pdfium_c
 
     try:
-        document = pdfium.PdfDocument(str(path))
+        pdf = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
         if exc.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
             raise EncryptedInput(
@@ -205,18 +221,31 @@ def check_pdf(path: Path, limits: Limits) -> int:
             ) from None
         raise CorruptInput(f"{path.name} is not a readable PDF ({exc})") from None
     try:
-        pages = len(document)
+        pages = len(pdf)
+        if pages == 0:
+            raise CorruptInput(f"{path.name}: the PDF has no pages")
+        if pages > limits.max_pages:
+            raise TooManyPages(
+                f"{path.name} has {pages} pages, the limit is {limits.max_pages}",
+                pages=pages,
+                limit=limits.max_pages,
+            )
+        if not count_text:
+            return PdfFacts(pages=pages, text_chars=None)
+        chars = 0
+        for index in range(pages):
+            page = pdf[index]
+            try:
+                textpage = page.get_textpage()
+                try:
+                    chars += sum(not c.isspace() for c in textpage.get_text_range())
+                finally:
+                    textpage.close()
+            finally:
+                page.close()
+        return PdfFacts(pages=pages, text_chars=chars)
     finally:
-        document.close()
-    if pages == 0:
-        raise CorruptInput(f"{path.name}: the PDF has no pages")
-    if pages > limits.max_pages:
-        raise TooManyPages(
-            f"{path.name} has {pages} pages, the limit is {limits.max_pages}",
-            pages=pages,
-            limit=limits.max_pages,
-        )
-    return pages
+        pdf.close()
 
 
 def _check_text(path: Path, source: str, found: str | None) -> None:

@@ -10,8 +10,10 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from converters.errors import ConfigError, SirError
+from converters.base import GPU_POLICIES
+from converters.errors import ExitCode, SirError
 from daemon.config import ProfileSettings, Settings, check_data_roots, load_settings
+from daemon.errors import ConfigError
 from daemon.logs import configure_logging
 from daemon.names import printable
 from daemon.revision import code_dirs
@@ -44,16 +46,17 @@ async def _serve(settings: Settings, profile: ProfileSettings) -> None:
     from aiohttp import web
 
     from daemon.http import make_app
+    from daemon.notify import Notifier
     from daemon.service import Service
 
-    service = Service(settings, profile)
+    service = Service(settings, profile, Notifier.from_environment())
     await service.start()
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, profile.http_host, profile.http_port)
     await site.start()
     try:
-        await service.run_forever()
+        await service.run_forever()  # health is served: its first round sends READY=1
     finally:
         await runner.cleanup()
 
@@ -70,29 +73,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _check(settings: Settings, profile: ProfileSettings, timeout: float) -> int:
-    from daemon.readiness import Readiness
     from daemon.service import Service
 
     service = Service(settings, profile)
-    service.root.create()
-    service.root.adopt(profile.name)
-    service.last_rescan = float("inf")  # the watcher is not started in a check
-    for pool in service.pools.values():
-        await pool.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not all(p.warm for p in service.pools.values()) and loop.time() < deadline:
-        await asyncio.sleep(0.2)
-    readiness = Readiness(service)
-    _, results = readiness.evaluate(force=True)
-    results = [r for r in results if r.name != "watcher"]
-    for pool in service.pools.values():
-        await pool.close()
+    try:
+        await service.start_lanes()
+        await service.wait_warm(timeout)
+        _, results = service.evaluate(force=True)
+    finally:
+        await service.shutdown(drain_seconds=0)
+    results = [r for r in results if r.name != "watcher"]  # no watcher runs in a check
     for r in results:
         print(
             f"{'ok  ' if r.ok else 'FAIL'} {r.name:<20} {'' if r.ok else r.code + ': '}{r.message}"
         )
-    return 0 if all(r.ok for r in results) else 1
+    return ExitCode.OK if all(r.ok for r in results) else ExitCode.FAILED
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -139,7 +134,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             data = json.loads(resp.read())
     except OSError as exc:
         print(f"cannot reach {url}: {exc}", file=sys.stderr)
-        return 69
+        return ExitCode.UNAVAILABLE
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
@@ -194,7 +189,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     report = fetch_models(models_dir) if args.action == "fetch" else check_models(models_dir)
     for line in report.lines():
         print(line)
-    return 0 if report.ready else 69
+    return ExitCode.OK if report.ready else ExitCode.UNAVAILABLE
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -237,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE")
     p.add_argument("--to", required=True, choices=["md", "pdf", "docx"])
     p.add_argument("--output-dir", required=True)
-    p.add_argument("--gpu-policy", choices=["required", "preferred", "cpu"], default=None)
+    p.add_argument("--gpu-policy", choices=GPU_POLICIES, default=None)
     p.set_defaults(func=cmd_convert)
     p = add("retry", "Move failed inputs back into the inbox.")
     p.add_argument("paths", nargs="*", metavar="PATH", help="files under failed/ (default: all)")
@@ -267,5 +262,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sir-convert-a-lot: {exc.code}: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return ExitCode.INTERRUPTED
     return result

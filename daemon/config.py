@@ -26,8 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from converters.base import ConvertOptions, Limits
-from converters.errors import ConfigError, DataRootOverlap
+from converters.base import ConvertOptions, GpuPolicy, Limits
+from daemon.errors import ConfigError, DataRootOverlap
 
 __all__ = [
     "ENV_PREFIX",
@@ -158,7 +158,7 @@ class ProfileSettings(BaseModel):
     http_host: str = "127.0.0.1"
     http_port: int = Field(default=8085, ge=0, le=65535)
     allow_non_loopback: bool = False
-    gpu_policy: Literal["required", "preferred", "cpu"] = "preferred"
+    gpu_policy: GpuPolicy = "preferred"
     models_dir: Path | None = None
     service_revision: str | None = None
     expected_revision: str | None = None
@@ -253,7 +253,7 @@ class EnvOverrides(BaseSettings):
     data_root: Path | None = None
     http_host: str | None = None
     http_port: int | None = None
-    gpu_policy: Literal["required", "preferred", "cpu"] | None = None
+    gpu_policy: GpuPolicy | None = None
     models_dir: Path | None = None
     service_revision: str | None = None
     expected_revision: str | None = None

@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from daemon import faults
+from daemon.sidecar import META_SUFFIX
 
 __all__ = [
     "NAME_MAX",
@@ -133,19 +134,16 @@ def _lexists(path: Path) -> bool:
     return True
 
 
-def unique_name(path: Path, taken: set[Path] | None = None, *, room: int = 0) -> Path:
+def unique_name(path: Path, *, room: int = 0) -> Path:
     """``path`` if free, else ``stem~2.ext``, ``stem~3.ext``… (the collision rule).
 
-    A name counts as taken if it exists, its sidecar exists, or it is in ``taken``.
+    A name counts as taken if it exists or its sidecar exists.
     Names are shortened where needed so that each, plus ``room`` bytes for a
     companion such as ``.error.json``, fits in NAME_MAX.
     """
 
     def busy(candidate: Path) -> bool:
-        sidecar = candidate.with_name(candidate.name + ".meta.json")
-        return (
-            _lexists(candidate) or _lexists(sidecar) or (taken is not None and candidate in taken)
-        )
+        return _lexists(candidate) or _lexists(candidate.with_name(candidate.name + META_SUFFIX))
 
     first = path.with_name(fit_name(path.name, room))
     if not busy(first):

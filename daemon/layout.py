@@ -18,8 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from converters.errors import ConfigError, UnsupportedRoute
+from converters.errors import UnsupportedRoute
 from daemon.durable import fit_name
+from daemon.errors import ConfigError
+from daemon.sidecar import META_SUFFIX
 
 __all__ = ["TARGET_FOLDERS", "DataRoot", "ResolvedRoute", "normalize_extension"]
 
@@ -48,7 +50,7 @@ class ResolvedRoute:
         fit in one path component (255 bytes).
         """
         name = f"{self.relative_path.stem}.{self.target}"
-        return self.relative_path.with_name(fit_name(name, room=len(".meta.json")))
+        return self.relative_path.with_name(fit_name(name, room=len(META_SUFFIX)))
 
 
 @dataclass(frozen=True)

@@ -20,24 +20,21 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from converters.base import AccelerationInfo, ConvertOptions, Lane
 from converters.errors import (
-    CrashLoop,
-    InputStillChanging,
     InputTooLarge,
     NotRegularFile,
     OptionsInvalid,
     SirError,
-    WorkerCrashed,
-    error_for_code,
+    UnsupportedRoute,
 )
 from converters.registry import Registry
 from daemon import faults
 from daemon.config import ProfileSettings
+from daemon.errors import CrashLoop, InputStillChanging, WorkerCrashed
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
@@ -52,9 +49,11 @@ from daemon.sidecar import (
     ServiceInfo,
     Sidecar,
     Timings,
+    error_details,
 )
 from daemon.storage import is_storage_error, storage_trouble, wait_for_storage
-from daemon.workers import LanePool, WorkerReply
+from daemon.wire import JobReply, JobRequest
+from daemon.workers import LanePool
 
 __all__ = ["FailureNote", "Lifecycle"]
 
@@ -233,7 +232,7 @@ class Lifecycle:
             bound.info(
                 "job_succeeded",
                 output=job.record.output_relative,
-                seconds=reply.get("convert_seconds"),
+                seconds=reply.convert_seconds,
             )
 
     def _refuse_unsafe_entry(self, job: Job) -> None:
@@ -271,7 +270,7 @@ class Lifecycle:
 
     async def _convert(
         self, job: Job, resolved: ResolvedRoute, lane: Lane, options: ConvertOptions
-    ) -> WorkerReply:
+    ) -> JobReply:
         """Run the job in a worker. A worker lost mid-job is retried up to max_attempts."""
         pool = self.pools[lane]
         if pause := faults.delay_seconds("dispatch"):
@@ -283,14 +282,14 @@ class Lifecycle:
             self.metrics.queue_wait_seconds.labels(f"{resolved.source}->{resolved.target}").observe(
                 max(0.0, (datetime.now(UTC) - job.record.detected_at).total_seconds())
             )
-            payload: dict[str, Any] = {
-                "job_id": job.id,
-                "source": resolved.source,
-                "target": resolved.target,
-                "input_path": str(job.input_path),
-                "output_path": str(job.work_dir / resolved.output_relative.name),
-                "options": options.model_dump(mode="json"),
-            }
+            payload = JobRequest(
+                job_id=job.id,
+                source=resolved.source,
+                target=resolved.target,
+                input_path=str(job.input_path),
+                output_path=str(job.work_dir / resolved.output_relative.name),
+                options=options,
+            )
             try:
                 # The drop folder as the claim's walk opened it: resources are read
                 # beneath this descriptor, whatever happened to the path since.
@@ -304,8 +303,8 @@ class Lifecycle:
                     "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
                 )
                 continue
-            if not reply.get("ok"):
-                raise error_for_code(str(reply.get("code")), str(reply.get("message")))
+            if reply.error is not None:
+                raise reply.error.error()
             if job.record.input_size is not None and await asyncio.to_thread(
                 self.store.input_changed, job
             ):
@@ -364,23 +363,21 @@ class Lifecycle:
         job: Job,
         resolved: ResolvedRoute,
         lane: Lane,
-        reply: WorkerReply,
+        reply: JobReply,
         started: datetime | None,
     ) -> None:
         route = f"{resolved.source}->{resolved.target}"
         sidecar = self._sidecar(job, resolved, started, "succeeded")
-        sidecar.timings.convert_seconds = reply.get("convert_seconds")
-        sidecar.input.pages = reply.get("pages")
-        sidecar.warnings = list(reply.get("warnings", []))
-        sidecar.converter = ConverterInfo(
-            name=str(reply.get("converter")), versions=dict(reply.get("versions", {}))
-        )
+        sidecar.timings.convert_seconds = reply.convert_seconds
+        sidecar.input.pages = reply.pages
+        sidecar.warnings = list(reply.warnings)
+        sidecar.converter = ConverterInfo(name=str(reply.converter), versions=dict(reply.versions))
         info = self.pools[lane].ready_info()
         sidecar.acceleration = AccelerationInfo(
             policy=self.settings.gpu_policy,
-            device=reply.get("device"),
-            runtime_kind=info.get("runtime_kind") if lane is Lane.GPU else "none",
-            device_name=info.get("device_name") if reply.get("device") == "cuda" else None,
+            device=reply.device,
+            runtime_kind=(info.runtime_kind if info else None) if lane is Lane.GPU else "none",
+            device_name=info.device_name if info and reply.device == "cuda" else None,
         )
         output = job.work_dir / resolved.output_relative.name
         async with self._publish_lock:
@@ -389,9 +386,9 @@ class Lifecycle:
             )
             await asyncio.to_thread(self.publisher.finish_success, job)
         self.metrics.job_finished(route, "succeeded", "")
-        self.metrics.convert_seconds.labels(route).observe(float(reply.get("convert_seconds", 0)))
-        if reply.get("pages"):
-            self.metrics.pages.labels(route).inc(int(reply["pages"]))
+        self.metrics.convert_seconds.labels(route).observe(reply.convert_seconds or 0.0)
+        if reply.pages:
+            self.metrics.pages.labels(route).inc(reply.pages)
         self.metrics.last_success.set(time.time())
 
     async def _fail(
@@ -403,14 +400,17 @@ class Lifecycle:
     ) -> None:
         sidecar = self._sidecar(job, resolved, started, "failed")
         sidecar.error = ErrorInfo(
-            code=error.code, message=readable(error.message), retryable=error.retryable
+            code=error.code,
+            message=readable(error.message),
+            retryable=error.retryable,
+            details=error_details(error.details),
         )
         async with self._publish_lock:
             await asyncio.to_thread(self.publisher.stage_failure, job, sidecar)
             await asyncio.to_thread(self.publisher.finish_failure, job)
         route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
         self.metrics.job_finished(route, "failed", error.code)
-        if error.code in ("not_regular_file", "unsupported_route"):
+        if error.code in (NotRegularFile.code, UnsupportedRoute.code):
             self.metrics.files_refused.labels(error.code).inc()
         self.failures.append(
             FailureNote(

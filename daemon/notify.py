@@ -1,8 +1,11 @@
 """systemd's sd_notify protocol, spoken directly over the datagram socket.
 
-READY=1 once /readyz would pass, STATUS= lines with queue and in-flight,
-WATCHDOG=1 from the supervisor loop (rate-limited to half of WATCHDOG_USEC),
-STOPPING=1 on SIGTERM. Without NOTIFY_SOCKET every call is a no-op.
+READY=1 once the daemon has started (recovery done, lanes and watcher running,
+health served: the supervisor's first readiness round), STATUS= lines every
+second that say whether it takes files and why not, WATCHDOG=1 from the
+supervisor loop (rate-limited to half of WATCHDOG_USEC), STOPPING=1 on SIGTERM.
+Without NOTIFY_SOCKET every call is a no-op. What "started" means, and why it
+is not "ready", is in docs/health.md.
 """
 
 from __future__ import annotations
@@ -54,6 +57,13 @@ class Notifier:
 
     def status(self, status: str) -> None:
         self.send(f"STATUS={status}")
+
+    def status_or_ready(self, status: str) -> None:
+        """READY=1 with the first status line, plain STATUS= lines after it."""
+        if self._ready_sent:
+            self.status(status)
+        else:
+            self.ready(status)
 
     def watchdog(self) -> None:
         if self.watchdog_interval is None:

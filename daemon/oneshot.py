@@ -13,13 +13,14 @@ import os
 import shutil
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
-from converters.errors import SirError, UnsupportedRoute, error_for_code
+from converters.errors import SirError, UnsupportedRoute
 from daemon.config import ProfileSettings, Settings
 from daemon.durable import unique_name
+from daemon.errors import error_for_code
 from daemon.layout import normalize_extension
+from daemon.sidecar import ERROR_SUFFIX, META_SUFFIX
 
 __all__ = ["convert_files"]
 
@@ -41,29 +42,21 @@ async def _convert(
     )
     service = Service(Settings(profiles={settings.name: settings}), settings)
     root = service.root
-    root.create()
-    lanes = {service.lifecycle.lane_for(root.inbox / f"to-{target}" / f.name) for f in files}
-    for lane in lanes:
-        await service.pools[lane].start()
     worst = 0
     try:
+        await service.start_lanes(
+            {service.lane_for(root.inbox / f"to-{target}" / f.name) for f in files}
+        )
         for index, source in enumerate(files, 1):
             dropped = root.inbox / f"to-{target}" / source.name
             shutil.copyfile(source, dropped)
-            job = service.lifecycle.claim(dropped, datetime.now(UTC))
-            assert job is not None
-            # The user named this file: its own folder is the document's folder
-            # (images and stylesheets beside it), not the scratch inbox.
-            job.release()
-            job.drop_fd = os.open(source.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            await service.lifecycle.process(job)
+            await service.convert_now(dropped, document_folder=source.parent)
             code, line = _collect(root.root, output_dir, source)
             print(f"[{index}/{len(files)}] {source} -> {line}", file=sys.stderr, flush=True)
             if code and not worst:
                 worst = error_for_code(code, "").exit_code
     finally:
-        for pool in service.pools.values():
-            await pool.close()
+        await service.shutdown(drain_seconds=0)
         shutil.rmtree(scratch, ignore_errors=True)
     return worst
 
@@ -71,15 +64,15 @@ async def _convert(
 def _collect(scratch: Path, output_dir: Path, source: Path) -> tuple[str | None, str]:
     """Move the job's published files out of the scratch root; report the outcome."""
     outbox, failed = scratch / "outbox", scratch / "failed"
-    for sidecar in outbox.rglob("*.meta.json"):
-        produced = sidecar.with_name(sidecar.name.removesuffix(".meta.json"))
+    for sidecar in outbox.rglob(f"*{META_SUFFIX}"):
+        produced = sidecar.with_name(sidecar.name.removesuffix(META_SUFFIX))
         final = unique_name(output_dir / produced.name)
         os.replace(produced, final)
-        os.replace(sidecar, final.with_name(final.name + ".meta.json"))
+        os.replace(sidecar, final.with_name(final.name + META_SUFFIX))
         return None, f"{final}"
-    for error in failed.rglob("*.error.json"):
+    for error in failed.rglob(f"*{ERROR_SUFFIX}"):
         data = json.loads(error.read_bytes())
-        final = output_dir / f"{source.name}.error.json"
+        final = output_dir / f"{source.name}{ERROR_SUFFIX}"
         os.replace(error, final)
         shutil.rmtree(failed)
         failed.mkdir()

@@ -21,7 +21,7 @@ from daemon.durable import (
 from daemon.jobs import Job, JobStore, sha256_file
 from daemon.layout import DataRoot
 from daemon.names import lossless_b64, readable
-from daemon.sidecar import OutputInfo, Sidecar
+from daemon.sidecar import ERROR_SUFFIX, META_SUFFIX, OutputInfo, Sidecar
 
 __all__ = ["Publisher"]
 
@@ -45,7 +45,7 @@ class Publisher:
     ) -> None:
         """Fix the output name and stage the sidecar durably, before any move."""
         fsync_file(output)
-        target = unique_name(self.root.outbox / wanted, room=len(".meta.json"))
+        target = unique_name(self.root.outbox / wanted, room=len(META_SUFFIX))
         relative = _rel(target, self.root.outbox)
         sidecar.output = OutputInfo(
             path=readable(relative),
@@ -70,7 +70,7 @@ class Publisher:
             durable_move(staged, target)
             faults.delay("publish_output")
         if job.staged_sidecar.exists():
-            durable_move(job.staged_sidecar, target.with_name(target.name + ".meta.json"))
+            durable_move(job.staged_sidecar, target.with_name(target.name + META_SUFFIX))
             faults.delay("archive")
         self._retire_input(job)
         faults.delay("finish")
@@ -95,7 +95,7 @@ class Publisher:
     # -- failure ---------------------------------------------------------------
 
     def stage_failure(self, job: Job, sidecar: Sidecar) -> None:
-        target = unique_name(self.root.failed / job.record.relative_path, room=len(".error.json"))
+        target = unique_name(self.root.failed / job.record.relative_path, room=len(ERROR_SUFFIX))
         job.record.failed_relative = _rel(target, self.root.failed)
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
         job.record.phase = "failing"
@@ -110,7 +110,7 @@ class Publisher:
             durable_move(source, target)
             faults.delay("fail_input")
         if job.staged_sidecar.exists():
-            sidecar_path = target.with_name(target.name + ".error.json")
+            sidecar_path = target.with_name(target.name + ERROR_SUFFIX)
             if sidecar_path.exists():
                 os.unlink(sidecar_path)  # a stale one from an earlier failure of this name
             durable_move(job.staged_sidecar, sidecar_path)

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from converters.base import Lane
-from converters.errors import SirError
+from converters.errors import ModelsMissing, SirError
 from converters.models import check_models
 from daemon.config import check_data_roots
 from daemon.revision import code_dirs
+from daemon.wire import Problem
 
 if TYPE_CHECKING:
     from daemon.service import Service
@@ -85,10 +86,6 @@ class Readiness:
             for result in self._results:
                 metrics.readiness_check.labels(result.name).set(1 if result.ok else 0)
             metrics.ready.set(1 if all(r.ok for r in self._results) else 0)
-            # Whoever evaluates (the refresher, a /readyz request), intake follows at once.
-            self.service.intake_paused_reason = next(
-                (r.code for r in self._results if not r.ok and r.code in INTAKE_BLOCKERS), None
-            )
         return all(r.ok for r in self._results), self._results
 
     def _debounced(self, name: str, fn: Callable[[], CheckResult]) -> CheckResult:
@@ -226,19 +223,20 @@ class Readiness:
             return self._fail("workers", "workers are starting or warming up", cold_slots=cold)
         return self._ok("workers")
 
-    def _problems(self) -> dict[str, list[str]]:
-        found: dict[str, list[str]] = {}
+    def _problems(self) -> dict[str, list[Problem]]:
+        found: dict[str, list[Problem]] = {}
         for pool in self.service.pools.values():
-            for route, items in pool.ready_info().get("problems", {}).items():
+            info = pool.ready_info()
+            for route, items in (info.problems if info else {}).items():
                 if items:
                     found[route] = list(items)
         return found
 
     def _converters(self) -> CheckResult:
         broken = {
-            r: p
+            r: [str(x) for x in p]
             for r, p in self._problems().items()
-            if not any(x.startswith("models_missing") for x in p)
+            if not any(x.code == ModelsMissing.code for x in p)
         }
         if broken:
             return self._fail("converters", "some routes cannot run", routes=broken)
@@ -259,8 +257,8 @@ class Readiness:
         }
         # Routes the catalogue does not cover: trust what their workers reported.
         for route, items in self._problems().items():
-            if route not in report.routes and any(x.startswith("models_missing") for x in items):
-                missing[route] = items
+            if route not in report.routes and any(x.code == ModelsMissing.code for x in items):
+                missing[route] = [str(x) for x in items]
         if missing:
             where = f"in {models_dir}" if models_dir is not None else "(models_dir is not set)"
             return self._fail(
@@ -275,8 +273,8 @@ class Readiness:
     def _gpu(self) -> CheckResult:
         settings = self.service.settings
         info = self.service.pools[Lane.GPU].ready_info()
-        probe = info.get("probe") or {}
-        details = {"policy": settings.gpu_policy, "device": info.get("device"), **probe}
+        probe = (info.probe if info else None) or {}
+        details = {"policy": settings.gpu_policy, "device": info.device if info else None, **probe}
         available = bool(probe.get("available"))
         self.service.metrics.gpu_available.labels(str(probe.get("runtime_kind", "none"))).set(
             1 if available else 0

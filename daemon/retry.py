@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from converters.errors import ConfigError
 from daemon.config import ProfileSettings
 from daemon.durable import durable_move, unique_name
+from daemon.errors import ConfigError
 from daemon.layout import DataRoot
+from daemon.sidecar import ERROR_SUFFIX
 
 __all__ = ["retry_failed"]
 
@@ -27,7 +28,7 @@ def retry_failed(profile: ProfileSettings, paths: list[Path]) -> list[tuple[Path
         chosen = [
             p
             for p in root.failed.rglob("*")
-            if not p.name.endswith(".error.json") and (p.is_file() or p.is_symlink())
+            if not p.name.endswith(ERROR_SUFFIX) and (p.is_file() or p.is_symlink())
         ]
     moved: list[tuple[Path, Path]] = []
     for path in sorted(chosen):
@@ -36,6 +37,6 @@ def retry_failed(profile: ProfileSettings, paths: list[Path]) -> list[tuple[Path
         relative = path.relative_to(os.path.realpath(root.failed))
         target = unique_name(root.inbox / relative)
         durable_move(path, target)
-        path.with_name(path.name + ".error.json").unlink(missing_ok=True)
+        path.with_name(path.name + ERROR_SUFFIX).unlink(missing_ok=True)
         moved.append((path, target))
     return moved

@@ -1,8 +1,14 @@
-"""The daemon process for one profile: wiring, the supervisor loop, and shutdown.
+"""The daemon process for one profile: wiring, the supervisor loop, readiness, and shutdown.
 
 The supervisor loop ticks every 50 ms: it lets settled files through, claims
-them while their lane has room, and starts one task per claimed job. Scans run
-at start-up and then every ``rescan_interval_seconds``.
+them while their lane has room and intake is not paused, and starts one task
+per claimed job. Scans run at start-up and then every
+``rescan_interval_seconds``. Once a second the loop re-evaluates readiness:
+that decides whether intake is paused (a full or unwritable data root stops
+new claims) and what systemd is told, with or without the HTTP listener.
+
+Everything outside this module (the HTTP app, ``check``, ``convert``, the
+bench) uses the public methods below, never the lifecycle or the lanes.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import signal
 import stat
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +37,12 @@ from daemon.lifecycle import Lifecycle
 from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
+from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker, StatKey
+from daemon.status import status_report
 from daemon.watcher import InboxWatcher, scan_inbox
+from daemon.wire import Hello
 from daemon.workers import LanePool
 
 __all__ = ["Service"]
@@ -40,10 +50,15 @@ __all__ = ["Service"]
 log = structlog.get_logger("sir_convert_a_lot.service")
 
 TICK_SECONDS = 0.05
+REFRESH_SECONDS = 1.0
 
 
 class Service:
-    def __init__(self, settings: Settings, profile: ProfileSettings) -> None:
+    def __init__(
+        self, settings: Settings, profile: ProfileSettings, notifier: Notifier | None = None
+    ) -> None:
+        """``notifier``: systemd's socket, for the daemon only (``check`` and
+        ``convert`` say nothing to systemd)."""
         self.all_settings = settings
         self.settings = profile
         self.root = DataRoot(profile.data_root)
@@ -53,14 +68,19 @@ class Service:
         self.metrics.build_info.info(
             {"version": self.info.version, "revision": self.info.revision, "profile": profile.name}
         )
-        hello: dict[str, Any] = {
-            "gpu_policy": profile.gpu_policy,
-            "models_dir": str(profile.models_dir) if profile.models_dir else None,
-            "limits": profile.limits.model_dump(),
-        }
         self.pools = {
-            Lane.GPU: LanePool(Lane.GPU, profile.gpu, hello, self.metrics, profile.queue_size),
-            Lane.CPU: LanePool(Lane.CPU, profile.cpu, hello, self.metrics, profile.queue_size),
+            lane: LanePool(
+                profile.gpu if lane is Lane.GPU else profile.cpu,
+                Hello(
+                    lane=lane,
+                    gpu_policy=profile.gpu_policy,
+                    models_dir=str(profile.models_dir) if profile.models_dir else None,
+                    limits=profile.limits,
+                ),
+                self.metrics,
+                profile.queue_size,
+            )
+            for lane in (Lane.GPU, Lane.CPU)
         }
         self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
         self.ignore = IgnoreRules(
@@ -74,11 +94,13 @@ class Service:
         self.tracker = SettleTracker(
             profile.settle_seconds, require_close=self.watcher.reports_closes
         )
-        self.notifier = Notifier.from_environment()
+        self.notifier = notifier or Notifier(None, None)
         self.started_at = datetime.now(UTC)
         self.heartbeat = time.monotonic()
         self.last_rescan: float | None = None
         self.stopping = asyncio.Event()
+        self.readiness = Readiness(self)
+        # Set by readiness (the supervisor's refresh, or any evaluation): why no file is claimed.
         self.intake_paused_reason: str | None = None
         self._detected_at: dict[Path, datetime] = {}
         self._ignored: set[Path] = set()
@@ -122,14 +144,15 @@ class Service:
     def _is_entry_dir(self, name: str) -> bool:
         return normalize_extension(name) in self._sources
 
-    def _scan(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
-        """Walk the inbox, and find which ignored files are gone (blocking: runs in
-        a thread, touches no shared state)."""
+    def walk_inbox(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
+        """The blocking half of ``rescan``: walk the inbox, and find which of
+        ``ignored`` are gone (runs in a thread, touches no shared state)."""
         found = list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
         return found, {p for p in ignored if not os.path.lexists(p)}
 
-    def _apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
-        """Feed a scan's findings to the tracker (in the event loop)."""
+    def apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
+        """The event-loop half of ``rescan``: feed a scan's findings to the tracker.
+        Public so the bench can time what holds up the supervisor's ticks."""
         present = set(found)
         for path in found:
             if path not in self.tracker:
@@ -142,8 +165,12 @@ class Service:
         self.last_rescan = time.monotonic()
 
     async def rescan(self) -> None:
-        found, gone = await asyncio.to_thread(self._scan, list(self._ignored))
-        self._apply_scan(found, gone)
+        found, gone = await asyncio.to_thread(self.walk_inbox, self.ignored_paths())
+        self.apply_scan(found, gone)
+
+    def ignored_paths(self) -> list[Path]:
+        """The inbox paths ignored so far (a copy, for ``walk_inbox``)."""
+        return list(self._ignored)
 
     def request_rescan(self) -> None:
         """Called when a folder was moved in whole: scan on the next tick."""
@@ -238,9 +265,17 @@ class Service:
 
     async def _supervise(self) -> None:
         next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
+        next_refresh = time.monotonic()
         while not self.stopping.is_set():
             self.heartbeat = time.monotonic()
             self.notifier.watchdog()
+            if time.monotonic() >= next_refresh:
+                next_refresh = time.monotonic() + REFRESH_SECONDS
+                try:
+                    self.refresh()
+                except Exception:
+                    # One bad round must not stop the next: it also resumes intake.
+                    log.exception("readiness_refresh_failed")
             try:
                 await self._claim_ready()
                 if time.monotonic() >= next_rescan or self._rescan_requested:
@@ -255,9 +290,113 @@ class Service:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), TICK_SECONDS)
 
+    # -- readiness, health, status (what the HTTP app and `check` show) ---------------------
+
+    def evaluate(self, *, force: bool = False) -> tuple[bool, list[CheckResult]]:
+        """Every readiness check (cached for a second unless ``force``). Intake follows
+        at once, whoever asked: a failing blocker (full or unwritable data root,
+        another profile's data root) pauses claims until it passes again."""
+        ready, results = self.readiness.evaluate(force=force)
+        self.intake_paused_reason = next(
+            (r.code for r in results if not r.ok and r.code in INTAKE_BLOCKERS), None
+        )
+        return ready, results
+
+    def refresh(self) -> None:
+        """Once a second from the supervisor: re-run every check, then tell systemd.
+
+        READY=1 means "started": recovery is done, the lanes and the watcher run,
+        and (the supervisor starts after the listener) health is served. Whether
+        files are taken is readiness's business, said on every STATUS= line, so a
+        host waiting for its GPU or its disk stays up and says why instead of
+        being restarted every TimeoutStartSec (docs/health.md).
+        """
+        ready, results = self.evaluate(force=True)
+        if self.stopping.is_set():
+            return  # STOPPING=1 and STATUS=draining were sent; say nothing that contradicts them
+        self.notifier.status_or_ready(self._summary(ready, results))
+
+    def _summary(self, ready: bool, results: list[CheckResult]) -> str:
+        counts = f"pending {len(self.tracker)}, active {len(self.lifecycle.active)}"
+        if ready:
+            return f"ready; {counts}"
+        failing = ", ".join(r.code for r in results if not r.ok)
+        if self.intake_paused_reason is not None:
+            return f"not taking files ({failing}); {counts}"
+        return f"not ready ({failing}); {counts}"
+
+    def identity(self) -> dict[str, Any]:
+        """Who answers: profile, revision, version, uptime."""
+        return {
+            "profile": self.settings.name,
+            "revision": self.info.revision,
+            "version": self.info.version,
+            "started_at": self.started_at.isoformat(),
+            "uptime_seconds": round((datetime.now(UTC) - self.started_at).total_seconds(), 3),
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Liveness: the supervisor loop ticked within ``heartbeat_timeout_seconds``."""
+        age = time.monotonic() - self.heartbeat
+        alive = age <= self.settings.heartbeat_timeout_seconds
+        body = {
+            "status": "ok" if alive else "wedged",
+            "heartbeat_age_seconds": round(age, 3),
+            **self.identity(),
+        }
+        return alive, body
+
+    def status(self) -> dict[str, Any]:
+        """The queue, in-flight jobs, lanes and recent failures (/status)."""
+        return status_report(
+            self.identity(),
+            self.pools,
+            self.lifecycle,
+            pending_in_inbox=len(self.tracker),
+            stuck=self.stuck,
+        )
+
     # -- start and stop ---------------------------------------------------------------------
 
+    async def start_lanes(self, lanes: Iterable[Lane] | None = None) -> None:
+        """Create and adopt the data root, then start the lanes' workers (all by
+        default). Enough for ``check`` and ``convert``; ``start`` does more."""
+        await asyncio.to_thread(self.root.create)
+        self.root.adopt(self.settings.name)
+        for lane in self.pools if lanes is None else set(lanes):
+            await self.pools[lane].start()
+
+    async def wait_warm(self, timeout: float) -> bool:
+        """Wait until every started lane has warm workers, ``timeout`` at most."""
+        deadline = time.monotonic() + timeout
+        while not all(p.warm for p in self.pools.values()):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    def lane_for(self, path: Path) -> Lane:
+        """Which lane an inbox path will need."""
+        return self.lifecycle.lane_for(path)
+
+    async def convert_now(self, path: Path, document_folder: Path | None = None) -> None:
+        """Claim one file already in the inbox and convert it to the end (``convert``):
+        the daemon's own path, without the watcher or the supervisor.
+
+        ``document_folder``: where the document's images and stylesheets are
+        read from instead of its inbox folder (``convert`` passes the folder of
+        the file the user named; the user trusts their own folders).
+        """
+        job = await asyncio.to_thread(self.lifecycle.claim, path, datetime.now(UTC))
+        if job is None:
+            raise SirError(f"{path} could not be claimed")
+        if document_folder is not None:
+            job.release()
+            job.drop_fd = os.open(document_folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        await self.lifecycle.process(job)
+
     async def start(self) -> None:
+        """Start the daemon: recover, start the lanes and the watcher, scan once."""
         # First of all, so that a SIGTERM during start-up still drains cleanly.
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -270,8 +409,7 @@ class Service:
                 await self.lifecycle.fail_now(job, error)
             else:
                 self._spawn(job)
-        for pool in self.pools.values():
-            await pool.start()
+        await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
         log.info(
@@ -283,21 +421,30 @@ class Service:
         )
 
     async def run_forever(self) -> None:
+        """Supervise until SIGTERM (or ``request_stop``), then shut down.
+
+        Started once the HTTP listener is up: its first refresh sends READY=1.
+        """
         supervisor = asyncio.create_task(self._supervise())
         await self.stopping.wait()
         await self.shutdown()
         await supervisor
 
-    async def shutdown(self) -> None:
-        """Stop claiming, let in-flight jobs finish within drain_seconds, leave the rest."""
+    def request_stop(self) -> None:
+        self.stopping.set()
+
+    async def shutdown(self, drain_seconds: float | None = None) -> None:
+        """The one way down (daemon, ``check``, ``convert``): stop claiming, let
+        in-flight jobs finish within ``drain_seconds`` (the profile's by default),
+        stop the workers, and leave the rest in .state for the next start."""
+        self.stopping.set()
         self.notifier.stopping()
-        log.info(
-            "draining", in_flight=len(self.lifecycle.active), seconds=self.settings.drain_seconds
-        )
+        seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
+        log.info("draining", in_flight=len(self.lifecycle.active), seconds=seconds)
         self.watcher.stop()
         for pool in self.pools.values():
             pool.stop_accepting()
-        deadline = time.monotonic() + self.settings.drain_seconds
+        deadline = time.monotonic() + seconds
         while self._tasks and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for pool in self.pools.values():

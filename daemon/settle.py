@@ -21,7 +21,7 @@ unit-tested without a filesystem.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,15 +64,8 @@ class SettleTracker:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def first_seen(self, path: Path) -> float | None:
-        entry = self._pending.get(path)
-        return entry.first_seen if entry else None
-
     def oldest(self) -> float | None:
         return min((p.first_seen for p in self._pending.values()), default=None)
-
-    def paths(self) -> Iterable[Path]:
-        return list(self._pending)
 
     def observe(self, path: Path, arrival: Arrival, now: float) -> None:
         entry = self._pending.get(path)

@@ -7,12 +7,15 @@ published in docs/sidecar.schema.json (``sir-convert-a-lot schema``).
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from converters.base import AccelerationInfo
+from daemon.wire import json_safe
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -23,10 +26,20 @@ __all__ = [
     "RouteInfo",
     "ServiceInfo",
     "Sidecar",
+    "ERROR_SUFFIX",
+    "META_SUFFIX",
     "Timings",
+    "error_details",
 ]
 
+# The sidecars' names: ``<output>.meta.json`` next to a result, ``<input>.error.json``
+# next to a failed input. Spelled here only.
+META_SUFFIX = ".meta.json"
+ERROR_SUFFIX = ".error.json"
+
 SCHEMA_VERSION = 1
+# The most an error's details may take in a sidecar, as compact JSON.
+MAX_DETAILS_BYTES = 16 * 1024
 
 
 class _Strict(BaseModel):
@@ -90,6 +103,31 @@ class ErrorInfo(_Strict):
     code: str
     message: str
     retryable: bool
+    details: dict[str, Any] | None = Field(
+        default=None,
+        description="what the error knows beyond its message (e.g. size and limit for "
+        "input_too_large), as plain JSON; absent when it knows nothing more",
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_details(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # Absent, not null: an error sidecar without details reads as it always did.
+        data: dict[str, Any] = handler(self)
+        if data.get("details") is None:
+            data.pop("details", None)
+        return data
+
+
+def error_details(details: Mapping[str, object]) -> dict[str, Any] | None:
+    """An error's details for the sidecar: plain JSON, each string cut, 16 KiB at most."""
+    if not details:
+        return None
+    safe = json_safe(dict(details))
+    if not isinstance(safe, dict):
+        return None
+    if len(json.dumps(safe).encode()) > MAX_DETAILS_BYTES:
+        return {"truncated": True, "keys": sorted(safe)[:50]}
+    return safe
 
 
 class Sidecar(_Strict):

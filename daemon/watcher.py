@@ -88,6 +88,7 @@ class InboxWatcher:
     def __init__(self, inbox: Path, *, polling: bool, polling_interval: float) -> None:
         self.inbox = inbox
         self.polling = polling
+        self._started = False
         if not polling:
             _shorten_move_pairing()
         self._observer: BaseObserver = (
@@ -108,11 +109,15 @@ class InboxWatcher:
     ) -> None:
         self._observer.schedule(_Handler(loop, sink, rescan), str(self.inbox), recursive=True)
         self._observer.start()
+        self._started = True
 
     def alive(self) -> bool:
         return self._observer.is_alive()
 
     def stop(self) -> None:
+        """Stop the observer; a no-op when it never started (``check``, ``convert``)."""
+        if not self._started:
+            return
         self._observer.stop()
         self._observer.join(timeout=5)
 

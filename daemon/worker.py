@@ -1,9 +1,10 @@
 """The worker process: builds its lane's converters once, warms them, serves jobs.
 
-Started by the main process as ``python -m daemon.worker``. It speaks JSON
-lines: one ``hello`` on stdin, one ``ready`` reply, then a job per line and a
-result per line. Conversion libraries write to stdout freely, so the protocol
-uses a private copy of the original stdout and fd 1 is pointed at stderr.
+Started by the main process as ``python -m daemon.worker``. It speaks the
+typed wire (daemon/wire.py): one ``Hello`` on stdin, one ``Ready`` reply, then
+a ``JobRequest`` per line and a ``JobReply`` per line. Conversion libraries
+write to stdout freely, so the protocol uses a private copy of the original
+stdout and fd 1 is pointed at stderr.
 Heavy imports (docling, torch, weasyprint) happen here, never in the main process.
 """
 
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import json
 import os
 import resource
 import signal
@@ -20,12 +20,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
-from converters.dropfolder import DropFolder
-from daemon.wire import encode
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from converters.dropfolder import DropFolder
 
 __all__ = ["main"]
+
+# Only the standard library is imported before ``_die_with_daemon`` has run:
+# a daemon killed while its worker is still starting must not leave an orphan
+# that imports, warms up and races its successor (test_chaos, long mode, found
+# four of them after the wire became pydantic models).
 
 _PR_SET_PDEATHSIG = 1  # from <sys/prctl.h>
 
@@ -48,6 +55,16 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _expected_parent() -> int:
+    """The daemon's pid, from ``--parent PID`` (WorkerProcess passes it): read
+    before anything else, it tells a daemon that died during our start-up from
+    one still alive, which ``getppid()`` alone cannot once we were re-parented."""
+    args = sys.argv[1:]
+    if len(args) >= 2 and args[0] == "--parent" and args[1].isdigit():
+        return int(args[1])
+    return os.getppid()
+
+
 def _die_with_daemon() -> None:
     """Linux: end this worker, and whatever it started, when the daemon dies.
 
@@ -57,7 +74,7 @@ def _die_with_daemon() -> None:
     its own timeout. The kernel sends SIGTERM when the parent exits; the handler
     kills the worker's whole process group (the worker leads it), children too.
     """
-    parent = os.getppid()
+    parent = _expected_parent()
 
     def on_parent_death(signum: int, frame: object) -> None:
         if os.getpgrp() == os.getpid():
@@ -74,8 +91,10 @@ def _die_with_daemon() -> None:
         on_parent_death(signal.SIGTERM, None)
 
 
-def _send(stream: IO[str], message: dict[str, Any]) -> None:
+def _send(stream: IO[str], message: BaseModel) -> None:
     """One line, every string and the whole line cut to size (daemon/wire.py)."""
+    from daemon.wire import encode
+
     stream.write(encode(message).decode())
     stream.flush()
 
@@ -92,6 +111,8 @@ def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
     empty private folder, so the document renders and loads nothing. Any extra
     descriptor that arrived is closed unused.
     """
+    from converters.dropfolder import DropFolder
+
     if wanted and channel is not None:
         _, fds, _, _ = socket.recv_fds(channel, 1, 4, socket.MSG_CMSG_CLOEXEC)
         for extra in fds[1:]:
@@ -104,7 +125,7 @@ def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
     return DropFolder.open(Path(_empty_folder()))
 
 
-def _limit_data(megabytes: object) -> None:
+def _limit_data(megabytes: int | None) -> None:
     """The lane's hard cap (``RLIMIT_DATA``), inherited by pandoc; see LaneSettings.
 
     Counts private writable memory, so an allocation past it fails at once
@@ -112,7 +133,7 @@ def _limit_data(megabytes: object) -> None:
     into the OOM killer. Never sent for the GPU lane: CUDA and ROCm map their
     own regions, and a cap there breaks them in ways no test here can show.
     """
-    if isinstance(megabytes, int) and megabytes > 0:
+    if megabytes is not None and megabytes > 0:
         cap = megabytes * 2**20
         resource.setrlimit(resource.RLIMIT_DATA, (cap, cap))
 
@@ -120,150 +141,142 @@ def _limit_data(megabytes: object) -> None:
 def main() -> int:
     _die_with_daemon()
     proto = _protocol_stream()
-    # Offline for good: no hub downloads, ever, in the worker.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    from converters._docling import force_offline
+    from daemon.wire import Hello, JobReply, JobRequest, Problem, Ready, decode
+
+    # Offline for good: no hub downloads, ever, in the worker (one definition, in _docling).
+    force_offline()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
     from converters.base import (
         ConversionRequest,
-        ConvertOptions,
         Lane,
-        Limits,
         WorkerContext,
     )
     from converters.errors import ConverterFailed, SirError
     from converters.registry import default_registry
     from converters.sniff import check_input
+    from daemon.errors import ResourceLimitExceeded
 
-    hello = json.loads(sys.stdin.readline())
-    _limit_data(hello.get("data_limit_mb"))
-    lane = Lane(hello["lane"])
-    policy = hello["gpu_policy"]
-    models_dir = Path(hello["models_dir"]) if hello.get("models_dir") else None
-    limits = Limits.model_validate(hello["limits"])
-    fd_channel = hello.get("fd_channel")
-    channel = socket.socket(fileno=fd_channel) if isinstance(fd_channel, int) else None
+    hello = decode(sys.stdin.buffer.readline(), Hello)
+    _limit_data(hello.data_limit_mb)
+    lane = hello.lane
+    models_dir = Path(hello.models_dir) if hello.models_dir else None
+    limits = hello.limits
+    channel = socket.socket(fileno=hello.fd_channel) if hello.fd_channel is not None else None
     registry = default_registry()
     converters = registry.in_lane(lane)
-    if hello.get("routes") is not None:  # an express worker warms only its cheap routes
-        converters = [c for c in converters if str(c.route) in hello["routes"]]
+    if hello.routes is not None:  # an express worker warms only its cheap routes
+        converters = [c for c in converters if str(c.route) in hello.routes]
 
     started = time.monotonic()
     startup_error: SirError | None = None
     lane_warnings: list[str] = []
-    probe: dict[str, Any] | None = None
-    device: Any = "cpu"
-    runtime_kind: Any = "none"
-    device_name: str | None = None
+    ctx = WorkerContext(
+        gpu_policy=hello.gpu_policy,
+        models_dir=models_dir,
+        limits=limits,
+        device="cpu",
+        runtime_kind="none",
+    )
+    probe: dict[str, object] | None = None
     if lane is Lane.GPU:
         from converters.gpu import probe_torch, select_device
 
         torch_probe = probe_torch()
         probe = torch_probe.as_dict()
-        runtime_kind = torch_probe.runtime_kind
-        device_name = torch_probe.device_name
         try:
-            device, lane_warnings = select_device(policy, torch_probe)
+            device, lane_warnings = select_device(hello.gpu_policy, torch_probe)
         except SirError as exc:
-            startup_error = exc
-    ctx = WorkerContext(
-        gpu_policy=policy,
-        models_dir=models_dir,
-        limits=limits,
-        device=device,
-        runtime_kind=runtime_kind,
-        device_name=device_name if device == "cuda" else None,
-    )
-    problems: dict[str, list[str]] = {}
+            # Every job on this worker fails with it; readiness's gpu check says why.
+            startup_error, device = exc, "cpu"
+        ctx = WorkerContext(
+            gpu_policy=hello.gpu_policy,
+            models_dir=models_dir,
+            limits=limits,
+            device=device,
+            runtime_kind=torch_probe.runtime_kind,
+            device_name=torch_probe.device_name if device == "cuda" else None,
+        )
+    problems: dict[str, list[Problem]] = {}
     versions: dict[str, dict[str, str]] = {}
     for conv in converters:
         route = str(conv.route)
         try:
             versions[route] = conv.versions()
-            problems[route] = [f"{p.code}: {p.message}" for p in conv.problems(ctx)]
+            problems[route] = [Problem.of(p) for p in conv.problems(ctx)]
             if not problems[route] and startup_error is None:
                 conv.warm(ctx)
         except SirError as exc:
-            problems[route] = [f"{exc.code}: {exc.message}"]
+            problems[route] = [Problem.of(exc)]
         except Exception as exc:  # a broken library must not kill the lane
-            problems[route] = [f"warm-up failed: {type(exc).__name__}: {exc}"]
+            problems[route] = [
+                Problem.of(ConverterFailed(f"warm-up failed: {type(exc).__name__}: {exc}"))
+            ]
     _send(
         proto,
-        {
-            "event": "ready",
-            "pid": os.getpid(),
-            "lane": lane.value,
-            "warm": True,
-            "warm_seconds": round(time.monotonic() - started, 3),
-            "device": ctx.device,
-            "runtime_kind": ctx.runtime_kind,
-            "device_name": ctx.device_name,
-            "probe": probe,
-            "startup_error": (
-                {"code": startup_error.code, "message": startup_error.message}
-                if startup_error
-                else None
-            ),
-            "problems": problems,
-            "versions": versions,
-        },
+        Ready(
+            pid=os.getpid(),
+            lane=lane,
+            warm=True,
+            warm_seconds=round(time.monotonic() - started, 3),
+            device=ctx.device,
+            runtime_kind=ctx.runtime_kind,
+            device_name=ctx.device_name,
+            probe=probe,
+            problems=problems,
+            versions=versions,
+        ),
     )
 
-    for line in sys.stdin:
-        job = json.loads(line)
+    for line in sys.stdin.buffer:
+        job = decode(line, JobRequest)
         t0 = time.monotonic()
-        drop_folder = _drop_folder(channel, bool(job.get("drop_fd")))
+        drop_folder = _drop_folder(channel, job.drop_fd)
         try:
             if startup_error is not None:
                 raise startup_error
-            conv = registry.get(job["source"], job["target"])
-            input_path = Path(job["input_path"])
-            check_input(input_path, job["source"], limits)
+            conv = registry.get(job.source, job.target)
+            input_path = Path(job.input_path)
+            # Each PDF route opens its PDF itself, once (converters.sniff.inspect_pdf).
+            check_input(input_path, job.source, limits, open_pdf=False)
             request = ConversionRequest(
                 input_path=input_path,
-                output_path=Path(job["output_path"]),
-                options=ConvertOptions.model_validate(job["options"]),
+                output_path=Path(job.output_path),
+                options=job.options,
                 drop_folder=drop_folder,
             )
             result = conv.convert(request, ctx)
             if not request.output_path.is_file():
                 raise ConverterFailed(f"{conv.name} reported success but wrote no output")
-            reply: dict[str, Any] = {
-                "ok": True,
-                "warnings": sorted(set(lane_warnings + result.warnings)),
-                "pages": result.pages,
-                "device": result.device or ctx.device,
-                "converter": conv.name,
-                "versions": versions.get(str(conv.route), {}),
-            }
+            reply = JobReply(
+                ok=True,
+                warnings=sorted(set(lane_warnings + result.warnings)),
+                pages=result.pages,
+                device=result.device or ctx.device,
+                converter=conv.name,
+                versions=versions.get(str(conv.route), {}),
+            )
         except SirError as exc:
-            reply = {
-                "ok": False,
-                "code": exc.code,
-                "message": exc.message,
-                "retryable": exc.retryable,
-            }
+            reply = JobReply.failed(exc)
         except MemoryError:
             # The lane's hard cap (or the machine) refused an allocation; the
             # pool replaces this worker after such a reply.
-            reply = {
-                "ok": False,
-                "code": "resource_limit_exceeded",
-                "message": "the conversion ran out of memory (the lane's hard memory cap)",
-                "retryable": False,
-            }
+            reply = JobReply.failed(
+                ResourceLimitExceeded(
+                    "the conversion ran out of memory (the lane's hard memory cap)"
+                )
+            )
         except Exception as exc:
-            reply = {
-                "ok": False,
-                "code": ConverterFailed.code,
-                "message": f"{type(exc).__name__}: {exc}"[:2000],
-                "retryable": False,
-            }
+            reply = JobReply.failed(ConverterFailed(f"{type(exc).__name__}: {exc}"[:2000]))
         finally:
             drop_folder.close()
-        reply["convert_seconds"] = round(time.monotonic() - t0, 4)
-        reply["rss_mb"] = round(_rss_mb(), 1)
+        reply = reply.model_copy(
+            update={
+                "convert_seconds": round(time.monotonic() - t0, 4),
+                "rss_mb": round(_rss_mb(), 1),
+            }
+        )
         _send(proto, reply)
     # stdin closed: the daemon wants us gone. Skip the interpreter's slow
     # teardown of torch and friends; every reply was already flushed.

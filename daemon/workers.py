@@ -19,227 +19,34 @@ import asyncio
 import collections
 import contextlib
 import os
-import socket
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
 from converters.base import Lane
-from converters.errors import ResourceLimitExceeded, SirError, Timeout, WorkerCrashed
+from converters.errors import SirError, Timeout
 from daemon.config import LaneSettings
-from daemon.memwatch import SAMPLE_SECONDS, GroupSampler
+from daemon.errors import ResourceLimitExceeded, WorkerCrashed
 from daemon.metrics import Metrics
-from daemon.wire import LINE_LIMIT, WireError, decode, encode
+from daemon.wire import Hello, JobReply, JobRequest, Ready
+from daemon.worker_process import WorkerProcess
 
-__all__ = ["LanePool", "WorkerProcess", "WorkerReply"]
+__all__ = ["InFlight", "LanePool", "SlotState"]
 
 log = structlog.get_logger("sir_convert_a_lot.workers")
 
-START_TIMEOUT_SECONDS = 600.0
-# A worker that dies with its group this close to the ceiling died of memory
-# (the kernel's OOM killer or the hard cap got there between two samples).
-_NEAR_CEILING = 0.9
 _SLOT_RESTART_SECONDS = 1.0
 # A worker that ends a job above this share of the ceiling is replaced, before a
 # leak grows it into a kill in the middle of someone's job.
 _RECYCLE_SHARE = 0.75
 
-WorkerReply = dict[str, Any]
-
-
-class WorkerProcess:
-    """One worker subprocess speaking JSON lines (daemon/wire.py)."""
-
-    # The command; tests point it at a fake worker that speaks the same protocol.
-    argv: tuple[str, ...] = (sys.executable, "-m", "daemon.worker")
-
-    def __init__(
-        self,
-        lane: Lane,
-        hello: dict[str, Any],
-        *,
-        memory_ceiling_mb: int | None = None,
-        nice: int = 0,
-    ) -> None:
-        self.lane = lane
-        self.hello = hello
-        self.memory_ceiling_mb = memory_ceiling_mb
-        self.nice = nice
-        self.proc: asyncio.subprocess.Process | None = None
-        self.ready: dict[str, Any] = {}
-        self.jobs_done = 0
-        self.last_rss_mb = 0.0
-        self.peak_rss_mb = 0.0  # of the process group, during the last job
-        # Carries each job's drop folder descriptor (SCM_RIGHTS) to the worker.
-        self.fd_channel: socket.socket | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    async def start(self) -> dict[str, Any]:
-        self.fd_channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.fd_channel.setblocking(False)
-        try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *self.argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=None,
-                limit=LINE_LIMIT,
-                start_new_session=True,
-                pass_fds=(child_end.fileno(),),
-            )
-            channel_fd = child_end.fileno()
-        finally:
-            child_end.close()
-        if self.nice:
-            # Set before the worker imports anything: its threads and its pandoc inherit it.
-            with contextlib.suppress(OSError):
-                os.setpriority(os.PRIO_PROCESS, self.proc.pid, self.nice)
-        await self._send({**self.hello, "fd_channel": channel_fd})
-        self.ready = await asyncio.wait_for(self._receive(reply=False), START_TIMEOUT_SECONDS)
-        return self.ready
-
-    async def _send(self, message: dict[str, Any]) -> None:
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write(encode(message))
-        await self.proc.stdin.drain()
-
-    async def _receive(self, *, reply: bool = True) -> dict[str, Any]:
-        """The next message. Anything unreadable is the worker's crash, never ours."""
-        assert self.proc is not None and self.proc.stdout is not None
-        try:
-            line = await self.proc.stdout.readline()
-            if not line:
-                code = await self.proc.wait()
-                raise WorkerCrashed(f"{self.lane.value} worker exited with status {code}")
-            return decode(line, reply=reply)
-        except (ValueError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as exc:
-            # ValueError: a line past LINE_LIMIT (the reader's own), or WireError.
-            what = str(exc) if isinstance(exc, WireError) else f"{type(exc).__name__}: {exc}"
-            raise WorkerCrashed(
-                f"{self.lane.value} worker sent an unreadable reply ({what[:200]})"
-            ) from None
-
-    async def _watch_memory(self, ceiling_mb: int) -> float:
-        """Return the group's RSS (MB) once it passes ``ceiling_mb``; sample until then."""
-        assert self.proc is not None
-        sampler = GroupSampler(self.proc.pid)
-        try:
-            while True:
-                rss = sampler.sample()
-                if rss > ceiling_mb:
-                    return rss
-                await asyncio.sleep(SAMPLE_SECONDS)
-        finally:
-            self.peak_rss_mb = sampler.peak_mb
-
-    def _send_drop_fd(self, drop_fd: int) -> None:
-        """Hand the drop folder descriptor over, right before the job line."""
-        assert self.fd_channel is not None
-        try:
-            socket.send_fds(self.fd_channel, [b"D"], [drop_fd])
-        except OSError:  # a full or closed channel: the worker is not listening
-            raise WorkerCrashed(f"{self.lane.value} worker took no descriptor") from None
-
-    async def run(
-        self, job: dict[str, Any], timeout: float, drop_fd: int | None = None
-    ) -> WorkerReply:
-        self.peak_rss_mb = 0.0
-        try:
-            if drop_fd is not None:
-                self._send_drop_fd(drop_fd)
-            await self._send(job)
-        except (BrokenPipeError, ConnectionResetError):
-            await self.kill()
-            raise WorkerCrashed(f"{self.lane.value} worker died during the job") from None
-        receive = asyncio.ensure_future(self._receive())
-        waiting: set[asyncio.Future[Any]] = {receive}
-        watch: asyncio.Future[float] | None = None
-        if self.memory_ceiling_mb:
-            watch = asyncio.ensure_future(self._watch_memory(self.memory_ceiling_mb))
-            waiting.add(watch)
-        try:
-            done, _ = await asyncio.wait(
-                waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for task in waiting:
-                task.cancel()
-            await asyncio.gather(*waiting, return_exceptions=True)
-        if receive in done:
-            try:
-                reply: WorkerReply = receive.result()
-            except WorkerCrashed as exc:
-                await self.kill()
-                ceiling = self.memory_ceiling_mb
-                if ceiling and self.peak_rss_mb >= _NEAR_CEILING * ceiling:
-                    raise ResourceLimitExceeded(
-                        f"the worker died at {self.peak_rss_mb:.0f} MB, at the lane's "
-                        f"memory_ceiling_mb ({ceiling}): {exc.message}"
-                    ) from None
-                raise
-            self.jobs_done += 1
-            self.last_rss_mb = float(reply.get("rss_mb", 0.0) or 0.0)
-            return reply
-        if watch is not None and watch in done:
-            rss, noticed = watch.result(), time.monotonic()
-            await self.kill()
-            log.warning(
-                "worker_memory_kill",
-                lane=self.lane.value,
-                job_id=job.get("job_id"),
-                rss_mb=round(rss),
-                ceiling_mb=self.memory_ceiling_mb,
-                kill_seconds=round(time.monotonic() - noticed, 3),
-            )
-            raise ResourceLimitExceeded(
-                f"the conversion used {rss:.0f} MB, past the lane's memory_ceiling_mb "
-                f"({self.memory_ceiling_mb}); the worker was killed"
-            )
-        await self.kill()
-        route = f"{job.get('source')}->{job.get('target')}"
-        raise Timeout(f"conversion did not finish within its {route} budget of {timeout:.0f} s")
-
-    async def kill(self) -> None:
-        """SIGKILL the worker's process group: the worker and its children (pandoc).
-
-        Also when the worker itself is already gone: a child it left behind would
-        otherwise go on writing into the job folder that the retry reuses.
-        """
-        if self.fd_channel is not None:
-            self.fd_channel.close()
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, 9)
-        await self.proc.wait()
-
-    async def stop(self, grace: float = 5.0) -> None:
-        if self.fd_channel is not None:
-            self.fd_channel.close()
-        if self.proc is None:
-            return
-        if self.proc.returncode is not None:
-            await self.kill()  # sweep children of a worker that died
-            return
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            await asyncio.wait_for(self.proc.wait(), grace)
-        except TimeoutError:
-            await self.kill()
-
 
 @dataclass
 class _Item:
-    job: dict[str, Any]
-    future: asyncio.Future[WorkerReply]
+    job: JobRequest
+    future: asyncio.Future[JobReply]
     timeout: float
     on_start: Callable[[], None] | None = None
     enqueued: float = field(default_factory=time.monotonic)
@@ -260,7 +67,7 @@ class SlotState:
     warm: bool = False
     busy_since: float | None = None
     job_id: str | None = None
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Ready | None = None
     last_error: str | None = None
     express: bool = False  # serves only small jobs of cheap routes (docs/performance.md)
     dead: bool = False  # its task died; restarting
@@ -296,21 +103,33 @@ class _LaneQueue:
             return self._express.popleft() if self._express else self._main.popleft()
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A job a worker is converting right now, for /status."""
+
+    job_id: str
+    lane: Lane
+    worker_pid: int | None
+    running_seconds: float
+
+
 class LanePool:
     def __init__(
         self,
-        lane: Lane,
         settings: LaneSettings,
-        hello: dict[str, Any],
+        hello: Hello,
         metrics: Metrics,
         queue_size: int,
     ) -> None:
-        self.lane = lane
+        """``hello`` names the lane; the CPU lane adds its hard memory cap to it."""
+        self.lane = hello.lane
         self.settings = settings
-        self.hello = {**hello, "lane": lane.value}
-        if lane is Lane.CPU and settings.hard_memory_factor > 0:
-            self.hello["data_limit_mb"] = int(
-                settings.memory_ceiling_mb * settings.hard_memory_factor
+        self.hello = hello
+        if self.lane is Lane.CPU and settings.hard_memory_factor > 0:
+            self.hello = hello.model_copy(
+                update={
+                    "data_limit_mb": int(settings.memory_ceiling_mb * settings.hard_memory_factor)
+                }
             )
         self.metrics = metrics
         self.queue = _LaneQueue(queue_size)
@@ -341,34 +160,49 @@ class LanePool:
         ended = {i for i, task in enumerate(self._tasks) if task.done()}
         return [s.index for s in self.slots if s.dead or s.index in ended]
 
-    def ready_info(self) -> dict[str, Any]:
+    def ready_info(self) -> Ready | None:
         """The newest warm-up report of any worker (problems, device, probe).
 
         Express workers warm only their routes, so theirs is the last resort.
         """
         for slot in sorted(self.slots, key=lambda s: s.express):
-            if slot.info:
+            if slot.info is not None:
                 return slot.info
-        return {}
+        return None
 
-    def budget(self, job: dict[str, Any]) -> float:
+    def in_flight(self) -> list[InFlight]:
+        """The jobs this lane's workers are converting now."""
+        now = time.monotonic()
+        return [
+            InFlight(slot.job_id, self.lane, slot.pid, round(now - slot.busy_since, 3))
+            for slot in self.slots
+            if slot.job_id is not None and slot.busy_since is not None
+        ]
+
+    def summary(self) -> dict[str, object]:
+        """The lane's line in /status."""
+        return {
+            "workers": len(self.slots),
+            "warm": self.warm,
+            "queue_depth": self.queue.qsize(),
+            "outstanding": self.outstanding,
+        }
+
+    def budget(self, job: JobRequest) -> float:
         """The job's time budget: its route's base plus a share per MB, capped by the lane."""
-        route = f"{job.get('source')}->{job.get('target')}"
-        return self.settings.budget_seconds(route, int(self._input_mb(job) * 2**20))
+        return self.settings.budget_seconds(job.route, int(self._input_mb(job) * 2**20))
 
-    def _input_mb(self, job: dict[str, Any]) -> float:
-        path = job.get("input_path")
+    def _input_mb(self, job: JobRequest) -> float:
         try:
-            return os.stat(str(path)).st_size / 2**20 if path else 0.0
+            return os.stat(job.input_path).st_size / 2**20 if job.input_path else 0.0
         except OSError:
             return 0.0
 
-    def _is_express(self, job: dict[str, Any]) -> bool:
+    def _is_express(self, job: JobRequest) -> bool:
         s = self.settings
-        route = f"{job.get('source')}->{job.get('target')}"
         return (
             s.express_workers > 0
-            and route in s.express_routes
+            and job.route in s.express_routes
             and self._input_mb(job) * 2**20 <= s.express_max_bytes
         )
 
@@ -377,11 +211,11 @@ class LanePool:
 
     async def run(
         self,
-        job: dict[str, Any],
+        job: JobRequest,
         timeout: float | None = None,
         on_start: Callable[[], None] | None = None,
         drop_fd: int | None = None,
-    ) -> WorkerReply:
+    ) -> JobReply:
         """Queue a job and wait for its reply. ``on_start`` runs when a worker takes it.
 
         ``drop_fd``, a descriptor of the job's drop folder, is sent to the worker
@@ -392,7 +226,7 @@ class LanePool:
         """
         loop = asyncio.get_running_loop()
         item = _Item(
-            {**job, "drop_fd": drop_fd is not None},
+            job.model_copy(update={"drop_fd": drop_fd is not None}),
             loop.create_future(),
             timeout or self.budget(job),
             on_start,
@@ -410,14 +244,6 @@ class LanePool:
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    async def drain(self, seconds: float) -> None:
-        """Let queued and in-flight jobs finish within ``seconds``, then stop workers."""
-        self._accepting = False
-        deadline = time.monotonic() + seconds
-        while self.outstanding and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await self.close()
-
     async def close(self) -> None:
         for task in self._tasks:
             task.cancel()
@@ -432,9 +258,8 @@ class LanePool:
     def _new_worker(self, slot: SlotState) -> WorkerProcess:
         hello = self.hello
         if slot.express:  # no docling, no torch: warms in a second or two
-            hello = {**hello, "routes": list(self.settings.express_routes)}
+            hello = hello.model_copy(update={"routes": list(self.settings.express_routes)})
         return WorkerProcess(
-            self.lane,
             hello,
             memory_ceiling_mb=self.settings.memory_ceiling_mb,
             nice=0 if slot.express else self.settings.regular_nice,
@@ -466,8 +291,8 @@ class LanePool:
                 lane=self.lane.value,
                 pid=worker.pid,
                 express=slot.express,
-                warm_seconds=info.get("warm_seconds"),
-                device=info.get("device"),
+                warm_seconds=info.warm_seconds,
+                device=info.device,
             )
             return worker
 
@@ -518,7 +343,7 @@ class LanePool:
                 await self._serve(slot, item)
             except Exception as exc:
                 # Contained: the job fails internal_error, the slot goes on.
-                log.exception("slot_job_error", lane=self.lane.value, job_id=item.job.get("job_id"))
+                log.exception("slot_job_error", lane=self.lane.value, job_id=item.job.job_id)
                 self.metrics.slot_errors.labels(self.lane.value, "job").inc()
                 if not item.future.done():
                     item.future.set_exception(self._internal(exc))
@@ -549,7 +374,7 @@ class LanePool:
         timeout = item.timeout
         if slot.express:
             timeout = min(timeout, self.settings.express_seconds)
-        slot.busy_since, slot.job_id = time.monotonic(), str(item.job.get("job_id"))
+        slot.busy_since, slot.job_id = time.monotonic(), item.job.job_id
         in_flight = self.metrics.in_flight.labels(self.lane.value)
         in_flight.inc()
         try:
@@ -559,7 +384,7 @@ class LanePool:
                 # Too slow for the express slot: start over on a regular one.
                 item.express = False
                 await self.queue.put(item)
-                log.info("express_overrun", lane=self.lane.value, job_id=item.job.get("job_id"))
+                log.info("express_overrun", lane=self.lane.value, job_id=item.job.job_id)
                 await self._replace(slot, "express_overrun")
                 return
             self._fail_killed(item, exc)
@@ -580,9 +405,8 @@ class LanePool:
         if not item.future.done():
             item.future.set_result(reply)
         if (
-            reply.get("code") == ResourceLimitExceeded.code
-            or worker.last_rss_mb > _RECYCLE_SHARE * self.settings.memory_ceiling_mb
-        ):
+            reply.error is not None and reply.error.code == ResourceLimitExceeded.code
+        ) or worker.last_rss_mb > _RECYCLE_SHARE * self.settings.memory_ceiling_mb:
             await self._replace(slot, "memory")
         elif worker.jobs_done >= self.settings.recycle_after_jobs and all(
             other.warm for other in self.slots if other is not slot

@@ -1,7 +1,7 @@
-"""``python -m bench_lib``: the harness entry (ops/bench runs this)."""
+"""``python -m ops.bench_lib``: the harness entry (ops/bench runs this)."""
 
 import sys
 
-from bench_lib.cli import main
+from ops.bench_lib.cli import main
 
 sys.exit(main())

@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench_lib import procfs
-from bench_lib.corpus import build_corpus
-from bench_lib.plan import MODES, Bench
-from bench_lib.report import render, targets
+from ops.bench_lib import procfs
+from ops.bench_lib.corpus import build_corpus
+from ops.bench_lib.plan import MODES, Bench
+from ops.bench_lib.report import render, targets
 
 __all__ = ["SCHEMA", "build_parser", "main"]
 
@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> None:
-    from bench_lib.daemon_proc import BenchDaemon
+    from ops.bench_lib.daemon_proc import BenchDaemon
 
     results: dict[str, Any] = report["results"]
     errors: list[str] = report["errors"]
@@ -96,9 +96,9 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
 
     empty_listening: float | None = None
     if "latency" in sections or "throughput" in sections:
-        from bench_lib.drops import Observer
-        from bench_lib.latency import measure_latency
-        from bench_lib.throughput import measure_throughput
+        from ops.bench_lib.drops import Observer
+        from ops.bench_lib.latency import measure_latency
+        from ops.bench_lib.throughput import measure_throughput
 
         daemon = BenchDaemon(bench.folder("main"), models_dir=bench.models_dir)
         bench.log("starting the daemon (profile eval, product defaults)")
@@ -125,15 +125,15 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
             observer.close()
             daemon.stop()
     if "scale" in sections:
-        from bench_lib.scale import measure_scale
+        from ops.bench_lib.scale import measure_scale
 
         attempt("scale", lambda: measure_scale(bench))
     if "scan" in sections:
-        from bench_lib.scan import measure_scan
+        from ops.bench_lib.scan import measure_scan
 
         attempt("scan", lambda: measure_scan(bench, empty_listening_seconds=empty_listening))
     if "memory" in sections:
-        from bench_lib.memory import measure_memory
+        from ops.bench_lib.memory import measure_memory
 
         attempt("memory", lambda: measure_memory(bench))
 

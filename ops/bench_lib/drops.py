@@ -15,8 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.inotify import IN_MOVED_FROM, IN_MOVED_TO, Event, Inotify
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.inotify import IN_MOVED_FROM, IN_MOVED_TO, Event, Inotify
 
 __all__ = ["Answer", "Observer", "TARGET_FOLDER"]
 

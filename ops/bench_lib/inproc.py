@@ -1,6 +1,6 @@
 """The in-process baseline: the same converters, warm, called in a plain loop.
 
-``python -m bench_lib.inproc`` is one such process. It reads JSON lines on
+``python -m ops.bench_lib.inproc`` is one such process. It reads JSON lines on
 stdin: first ``{"source", "target", "models_dir"}`` (it builds and warms the
 converter, then answers ``{"ready": true}``), then ``{"files": [...],
 "out_dir": ...}`` batches (it converts them one after the other and answers
@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from bench_lib.baselines import RunResult, offline_env
-from bench_lib.daemon_proc import REPO
+from ops.bench_lib.baselines import RunResult, offline_env
+from ops.bench_lib.daemon_proc import REPO
 
 __all__ = ["InProcessPool", "main"]
 
@@ -85,12 +85,12 @@ class InProcessPool:
 
     def start(self) -> InProcessPool:
         env = offline_env()
-        env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "ops")])
+        env["PYTHONPATH"] = str(REPO)  # the daemon's packages and ops.bench_lib
         env.setdefault("TOKENIZERS_PARALLELISM", "false")  # as daemon.worker sets it
         started = time.monotonic()
         for _ in range(self.workers):
             proc = subprocess.Popen(
-                [sys.executable, "-m", "bench_lib.inproc"],
+                [sys.executable, "-m", "ops.bench_lib.inproc"],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,

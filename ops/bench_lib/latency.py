@@ -8,10 +8,10 @@ import random
 import time
 from typing import Any
 
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.drops import Observer
-from bench_lib.plan import Bench
-from bench_lib.stats import median, summary
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.drops import Observer
+from ops.bench_lib.plan import Bench
+from ops.bench_lib.stats import median, summary
 
 __all__ = ["measure_latency"]
 

@@ -13,9 +13,9 @@ import os
 import time
 from typing import Any
 
-from bench_lib import procfs
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.plan import Bench
+from ops.bench_lib import procfs
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.plan import Bench
 
 __all__ = ["measure_memory"]
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench_lib.corpus import Corpus
+from ops.bench_lib.corpus import Corpus
 
 __all__ = ["MODES", "Bench", "Plan"]
 

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_lib import procfs
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.plan import Bench
+from ops.bench_lib import procfs
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.plan import Bench
 
 __all__ = ["measure_scale"]
 

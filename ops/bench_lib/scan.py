@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_lib import procfs
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.drops import Observer
-from bench_lib.plan import Bench
-from bench_lib.stats import median, summary
+from ops.bench_lib import procfs
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.drops import Observer
+from ops.bench_lib.plan import Bench
+from ops.bench_lib.stats import median, summary
 
 __all__ = ["make_idle_tree", "measure_scan", "time_scan_inbox", "time_service_rescan"]
 
@@ -71,7 +71,7 @@ def time_scan_inbox(inbox: Path, reps: int) -> tuple[list[float], int]:
 def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
     """The daemon's own ``Service.rescan`` on ``root/inbox``: the first call (which
     records every ignored path), later calls, and of those the part that runs in the
-    event loop (``_apply_scan``: it holds up the supervisor's ticks while it runs)."""
+    event loop (``apply_scan``: it holds up the supervisor's ticks while it runs)."""
     from daemon.config import ProfileSettings, Settings
     from daemon.service import Service
 
@@ -89,9 +89,9 @@ def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
             started = time.monotonic()
             await service.rescan()
             later.append(time.monotonic() - started)
-            found, gone = service._scan(list(service._ignored))
+            found, gone = service.walk_inbox(service.ignored_paths())
             started = time.monotonic()
-            service._apply_scan(found, gone)
+            service.apply_scan(found, gone)
             in_loop.append(time.monotonic() - started)
         return {"first": first, "later": median(later), "in_loop": median(in_loop)}
 

@@ -22,19 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench_lib.baselines import (
+from ops.bench_lib.baselines import (
     RunResult,
     docling_command,
     pandoc_command,
     run_commands,
     weasyprint_command,
 )
-from bench_lib.daemon_proc import BenchDaemon
-from bench_lib.drops import Observer
-from bench_lib.inproc import InProcessPool
-from bench_lib.plan import Bench
-from bench_lib.procfs import machine_info
-from bench_lib.stats import median
+from ops.bench_lib.daemon_proc import BenchDaemon
+from ops.bench_lib.drops import Observer
+from ops.bench_lib.inproc import InProcessPool
+from ops.bench_lib.plan import Bench
+from ops.bench_lib.procfs import machine_info
+from ops.bench_lib.stats import median
 
 __all__ = ["COMPARISONS", "Comparison", "measure_throughput"]
 

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import json
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import Daemon, sha
 
 __all__ = [
     "CRASH_CODES",
@@ -53,10 +52,6 @@ CRASH_CODES = frozenset({"crash_loop", "worker_crashed"})
 def long_mode() -> bool:
     """``SIR_CONVERT_A_LOT_TEST_LONG=1`` scales the suites up (default: the short CI mode)."""
     return os.environ.get("SIR_CONVERT_A_LOT_TEST_LONG") == "1"
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class FaultyDaemon(Daemon):

@@ -8,7 +8,6 @@ user would type it: relative paths, several files, one target.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ import docx
 import pytest
 
 from tests.fixtures import office_docs, web_docs
-from tests.fixtures.daemon import REPO
+from tests.fixtures.daemon import REPO, sha
 
 pytestmark = pytest.mark.e2e
 
@@ -61,10 +60,6 @@ def run_cli(args: list[str], cwd: Path, env: dict[str, str]) -> Run:
         check=False,
     )
     return Run(done.returncode, done.stdout, done.stderr)
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fingerprint(paths: list[Path]) -> dict[str, tuple[str, int]]:

@@ -154,7 +154,10 @@ def test_3_non_utf8_names_convert_and_keep_their_bytes(setup: Setup) -> None:
     assert base64.b64decode(car["input"]["relative_path_b64"]) == b"to-docx/caf\xe9.md"
     assert car["input"]["name"] == "caf\ufffd.md"
     assert base64.b64decode(car["output"]["path_b64"]) == b"to-docx/caf\xe9.docx"
-    assert os.path.exists(os.fsencode(d.archive / "to-docx") + b"/caf\xe9.md")
+    archived = os.fsencode(d.archive / "to-docx") + b"/caf\xe9.md"
+    while not os.path.exists(archived):  # archived right after the sidecar is published
+        assert time.monotonic() < deadline, d.tail()
+        time.sleep(0.05)
     setup.good_file_converts("after-3a.md")
 
 

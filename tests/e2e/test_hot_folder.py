@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,13 +12,9 @@ from pathlib import Path
 
 import docx
 
-from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import Daemon, sha
 
 MD = "# Title\n\nSome *text* here.\n\n- one\n- two\n\n| a | b |\n|---|---|\n| 1 | 2 |\n"
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def write_source(base: Path, name: str, text: str = MD) -> Path:

@@ -18,17 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from ops.daemon_harness import free_port
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 REMOTE = REPO / "ops" / "remote"
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Sshd:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from ops.daemon_harness import free_port
+
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,12 +31,6 @@ ALL_ROUTES = {
     "md->pdf", "md->docx", "html->pdf", "html->docx", "html->md", "docx->md", "pdf->docx",
     "pdf->md",
 }  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RunningProfile:

@@ -8,7 +8,6 @@ Default targets are exercised at the inbox root, the other routes through
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -21,7 +20,7 @@ import docx
 import pytest
 
 from tests.fixtures import office_docs, web_docs
-from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import Daemon, sha
 
 pytestmark = pytest.mark.e2e
 
@@ -45,10 +44,6 @@ ROUTES: dict[str, tuple[str, str, str]] = {
     "to-pdf/styled/memo.md": ("md->pdf", "weasyprint", "to-pdf/styled/memo.pdf"),
     "to-docx/styled/memo.md": ("md->docx", "pandoc", "to-docx/styled/memo.docx"),
 }
-
-
-def sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def words(text: str) -> str:

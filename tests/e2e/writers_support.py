@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from tests.fixtures.daemon import Daemon
+from tests.fixtures.daemon import Daemon, sha
 
 __all__ = [
     "LONG",
@@ -35,10 +35,6 @@ __all__ = [
 
 # SIR_CONVERT_A_LOT_TEST_LONG=1 scales the suites up (bigger files, bigger bursts).
 LONG = os.environ.get("SIR_CONVERT_A_LOT_TEST_LONG") == "1"
-
-
-def sha(path: Path) -> str:
-    return sha_bytes(path.read_bytes())
 
 
 def sha_bytes(data: bytes) -> str:

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from converters.errors import ConfigError, DataRootOverlap
 from daemon.config import check_data_roots, load_settings
+from daemon.errors import ConfigError, DataRootOverlap
 
 
 def write(tmp_path: Path, text: str) -> Path:

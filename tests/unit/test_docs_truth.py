@@ -7,8 +7,8 @@ import re
 from pathlib import Path
 
 from converters.base import ConvertOptions, Limits
-from converters.errors import known_codes
 from daemon.config import EnvOverrides, LaneSettings, ProfileSettings
+from daemon.errors import known_codes
 from daemon.sidecar import Sidecar
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

@@ -9,8 +9,11 @@ here; the e2e tests in ``tests/e2e/test_health.py`` cover the warm daemon.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import datetime
@@ -23,8 +26,9 @@ from prometheus_client import generate_latest
 
 from converters.models import LAYOUT
 from daemon.config import load_settings
-from daemon.http import make_app, status_payload
+from daemon.http import make_app
 from daemon.metrics import Metrics
+from daemon.notify import Notifier
 from daemon.readiness import CHECKS, Readiness
 from daemon.service import Service
 
@@ -279,11 +283,13 @@ async def test_cached_results_are_not_counted_twice(build: Build) -> None:
         assert next(r for r in results if r.name == "data_root_writable").ok
 
 
-async def test_refresher_pauses_intake_while_the_data_root_is_unwritable(
-    build: Build, client: Callable[..., Any]
+async def test_the_supervisor_pauses_intake_while_the_data_root_is_unwritable(
+    build: Build,
 ) -> None:
+    """The Service decides, without any HTTP listener: a full or unwritable data
+    root pauses claims (it used to take the listener's refresher to notice)."""
     service = build()
-    await client(service)  # starting the app starts the refresher
+    supervisor = asyncio.create_task(service.run_forever())
 
     async def paused_becomes(value: str | None) -> None:
         for _ in range(200):
@@ -292,11 +298,15 @@ async def test_refresher_pauses_intake_while_the_data_root_is_unwritable(
             await asyncio.sleep(0.05)
         raise AssertionError(f"intake_paused_reason stayed {service.intake_paused_reason!r}")
 
-    await paused_becomes(None)
-    break_tmp(service)
-    await paused_becomes("data_root_unwritable")
-    mend_tmp(service)
-    await paused_becomes(None)
+    try:
+        await paused_becomes(None)
+        break_tmp(service)
+        await paused_becomes("data_root_unwritable")
+        mend_tmp(service)
+        await paused_becomes(None)
+    finally:
+        service.request_stop()
+        await supervisor
 
 
 # -- /metrics ------------------------------------------------------------------------
@@ -362,7 +372,7 @@ async def test_status_lists_queue_in_flight_lanes_and_failures(
     resp = await http.get("/status")
     assert resp.status == 200
     body = await resp.json()
-    assert body == status_payload(service) | {"uptime_seconds": body["uptime_seconds"]}
+    assert body == service.status() | {"uptime_seconds": body["uptime_seconds"]}
     assert body["queue"] == [] and body["in_flight"] == [] and body["recent_failures"] == []
     assert body["pending_in_inbox"] == 0
     # two regular workers and the two express ones
@@ -382,3 +392,33 @@ def test_health_md_documents_every_check_and_metric() -> None:
     for name in type_lines(generate_latest(Metrics("any").registry).decode()):
         if not name.endswith("_created"):
             assert f"`{name}`" in doc, name
+
+
+# -- systemd: READY=1 means started, STATUS= says why no files are taken -----------------
+
+
+def test_ready_is_sent_once_started_and_status_names_what_blocks_intake(
+    build: Build,
+) -> None:
+    address = tempfile.mkdtemp(prefix="sd-") + "/n"  # AF_UNIX paths are short
+    systemd = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    systemd.bind(address)
+    systemd.settimeout(5)
+    try:
+        service = build()
+        service.notifier = Notifier(address, None)
+        service.refresh()  # workers are cold: started, not ready
+        first = systemd.recv(4096).decode()
+        assert first.startswith("READY=1\nSTATUS=not ready (")
+        assert "workers_not_warm" in first and "pending 0, active 0" in first
+        break_tmp(service)
+        service.refresh()
+        service.refresh()  # a check that passed before fails on its second round
+        systemd.recv(4096)
+        second = systemd.recv(4096).decode()
+        assert second.startswith("STATUS=not taking files (")
+        assert "data_root_unwritable" in second
+        assert service.intake_paused_reason == "data_root_unwritable"
+    finally:
+        systemd.close()
+        os.unlink(address)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import stat
 import subprocess
 import sys
@@ -25,15 +24,13 @@ import pytest
 
 from daemon.layout import DataRoot
 from daemon.metrics import Metrics
+from ops import hotfolder, sample_docs
+from ops.daemon_harness import free_port
 
 pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 OPS = REPO / "ops"
-sys.path.insert(0, str(OPS))
-
-import hotfolder  # noqa: E402
-import sample_docs  # noqa: E402
 
 # The metrics the brief names; the alerts and the dashboard must use them.
 REQUIRED_METRICS = {
@@ -285,12 +282,6 @@ def test_verify_gpu_reads_nvidia_smi_but_still_needs_torch_to_see_the_gpu(
 
 
 # ---- ops/smoke without a daemon -------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_smoke_fails_fast_when_nothing_answers(tmp_path: Path) -> None:
