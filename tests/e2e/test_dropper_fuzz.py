@@ -269,58 +269,62 @@ def test_hundreds_of_hostile_entries_are_all_accounted_for(
         extra_config="cpu = { workers = 2, job_timeout_seconds = 60 }\n",
     )
     d.start()
-    secret = canary / "secret.md"
-    before = secret.stat()
-    rng = random.Random(SEED)
-    plan = Dropper(d.inbox, canary, rng).drop(ENTRIES)
-    _wait_quiet(d, timeout=120 + ENTRIES)
+    try:
+        secret = canary / "secret.md"
+        before = secret.stat()
+        rng = random.Random(SEED)
+        plan = Dropper(d.inbox, canary, rng).drop(ENTRIES)
+        _wait_quiet(d, timeout=120 + ENTRIES)
 
-    # every regular file ends once: converted (output, sidecar, archived) or failed
-    archived = {
-        os.path.relpath(os.path.join(f, n), os.fsencode(d.archive))
-        for f, _, names in os.walk(os.fsencode(d.archive))
-        for n in names
-    }
-    failed = _failed_by_input(d)
-    succeeded = _sidecars_by_input(d)
-    for relative, digest in plan.files.items():
-        where = (relative in succeeded) + (relative in failed)
-        assert where == 1, (relative, where, SEED)
-        if relative in succeeded:
-            assert relative in archived, (relative, SEED)
-            assert succeeded[relative]["input"]["sha256"] == digest, (relative, SEED)
-    for relative in plan.odd:
-        assert relative in failed, (relative, SEED)
-    sparse = [r for r, digest in plan.files.items() if digest == "sparse"]
-    assert sparse and all(failed[r] == "input_too_large" for r in sparse), SEED
+        # every regular file ends once: converted (output, sidecar, archived) or failed
+        archived = {
+            os.path.relpath(os.path.join(f, n), os.fsencode(d.archive))
+            for f, _, names in os.walk(os.fsencode(d.archive))
+            for n in names
+        }
+        failed = _failed_by_input(d)
+        succeeded = _sidecars_by_input(d)
+        for relative, digest in plan.files.items():
+            where = (relative in succeeded) + (relative in failed)
+            assert where == 1, (relative, where, SEED)
+            if relative in succeeded:
+                assert relative in archived, (relative, SEED)
+                assert succeeded[relative]["input"]["sha256"] == digest, (relative, SEED)
+        for relative in plan.odd:
+            assert relative in failed, (relative, SEED)
+        sparse = [r for r, digest in plan.files.items() if digest == "sparse"]
+        assert sparse and all(failed[r] == "input_too_large" for r in sparse), SEED
 
-    # the inbox keeps only what the rules leave alone (folders, ignored entries)
-    for folder, dirs, files in os.walk(os.fsencode(d.inbox)):
-        for name in files + dirs:
-            path = os.path.join(folder, name)
-            relative = os.path.relpath(path, os.fsencode(d.inbox))
-            if os.path.isdir(path) and not os.path.islink(path):
-                continue
-            assert relative in plan.left_alone or name == b".sir-convert-a-lot.toml", (
-                relative,
-                SEED,
-            )
+        # the inbox keeps only what the rules leave alone (folders, ignored entries)
+        for folder, dirs, files in os.walk(os.fsencode(d.inbox)):
+            for name in files + dirs:
+                path = os.path.join(folder, name)
+                relative = os.path.relpath(path, os.fsencode(d.inbox))
+                if os.path.isdir(path) and not os.path.islink(path):
+                    continue
+                assert relative in plan.left_alone or name == b".sir-convert-a-lot.toml", (
+                    relative,
+                    SEED,
+                )
 
-    # nothing outside the data root was read, moved or written
-    after = secret.stat()
-    assert secret.read_bytes() == CANARY_TEXT
-    assert (after.st_atime, after.st_mtime) == (before.st_atime, before.st_mtime)
-    assert sorted(p.name for p in canary.iterdir()) == ["secret.md"]
+        # nothing outside the data root was read, moved or written
+        after = secret.stat()
+        assert secret.read_bytes() == CANARY_TEXT
+        assert (after.st_atime, after.st_mtime) == (before.st_atime, before.st_mtime)
+        assert sorted(p.name for p in canary.iterdir()) == ["secret.md"]
 
-    # and the daemon is fine
-    assert d.get("/healthz")[0] == 200
-    assert d.get("/readyz")[0] == 200
-    assert d.metric("sir_convert_a_lot_internal_errors_total") == 0.0
-    assert d.status()["stuck"] == []
-    good = tmp_path / "good.md"
-    good.write_text("# Good\n")
-    started = time.monotonic()
-    os.replace(good, d.inbox / "to-docx" / "good.md")
-    assert d.sidecar("to-docx/good.docx", timeout=30)["status"] == "succeeded"
-    assert time.monotonic() - started < 15
-    d.stop()
+        # and the daemon is fine
+        assert d.get("/healthz")[0] == 200
+        assert d.get("/readyz")[0] == 200
+        assert d.metric("sir_convert_a_lot_internal_errors_total") == 0.0
+        assert d.status()["stuck"] == []
+        good = tmp_path / "good.md"
+        good.write_text("# Good\n")
+        started = time.monotonic()
+        os.replace(good, d.inbox / "to-docx" / "good.md")
+        assert d.sidecar("to-docx/good.docx", timeout=30)["status"] == "succeeded"
+        assert time.monotonic() - started < 15
+    finally:
+        d.stop()
+        if d.proc is not None and d.proc.poll() is None:
+            d.kill()
