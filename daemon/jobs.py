@@ -106,6 +106,7 @@ class Job:
         self.drop_fd: int | None = None
         self.options: ConvertOptions | None = None
         self.options_error: SirError | None = None
+        self.taken_at: datetime | None = None  # when a worker took it (last attempt)
 
     @property
     def id(self) -> str:

@@ -325,6 +325,7 @@ class Lifecycle:
     def _count_attempt(job: Job) -> None:
         """A worker took the job: count it, durably, for crash-loop detection."""
         job.record.attempts += 1
+        job.taken_at = datetime.now(UTC)  # the sidecar's started_at: queueing ends here
         job.save()
 
     def _sidecar(
@@ -335,6 +336,7 @@ class Lifecycle:
         status: str,
     ) -> Sidecar:
         now = datetime.now(UTC)
+        started = job.taken_at or started
         queue_seconds = (started - job.record.detected_at).total_seconds() if started else None
         return Sidecar(
             status="succeeded" if status == "succeeded" else "failed",
