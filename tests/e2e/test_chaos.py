@@ -99,6 +99,8 @@ def _kill_worker_mid_job(daemon: FaultyDaemon, staging: Path) -> None:
     # pandoc needs about a second for a list nested 900 levels deep
     slow.write_text("# Victim\n\n" + "- " * 900 + "deep\n")
     original = sha(slow)
+    # The last start may have had nothing left to drop: wait for its listener.
+    daemon.wait_lane_warm("cpu")
     _drop(staging, daemon.inbox, ["to-docx/slow-victim.md"])
     deadline = time.monotonic() + 60
     pid = None
