@@ -57,7 +57,7 @@ class Setup:
         car = d.sidecar(f"to-docx/{Path(name).stem}.docx", timeout=120)
         assert car["status"] == "succeeded"
         assert d.get("/healthz")[0] == 200
-        assert d.get("/readyz")[0] == 200
+        d.wait_ready(timeout=180)
         assert d.metric("sir_convert_a_lot_internal_errors_total") == 0.0
 
 
