@@ -33,7 +33,6 @@ import base64
 import functools
 import io
 import mimetypes
-import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -55,6 +54,7 @@ from converters.errors import (
     SirError,
     TooManyPages,
 )
+from converters.office_media import PixelBomb, header_size
 from converters.output_check import pdf_has_content
 from converters.warning_codes import WarningCode
 
@@ -154,17 +154,13 @@ class ResourcePolicy:
         """Refuse raster images over the pixel limit, reading only their header."""
         if mime.startswith(_TEXT_LIKE):
             return
-        from PIL import Image
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                with Image.open(io.BytesIO(body)) as image:
-                    width, height = image.size
-            except Image.DecompressionBombError:
-                self.refuse(WarningCode.IMAGE_TOO_LARGE, "image over Pillow's bomb threshold")
-            except Exception:
-                return  # not a raster image Pillow knows; WeasyPrint decides
+        try:
+            size = header_size(body)
+        except PixelBomb:
+            self.refuse(WarningCode.IMAGE_TOO_LARGE, "image over Pillow's bomb threshold")
+        if size is None:
+            return  # not a raster image Pillow knows; WeasyPrint decides
+        width, height = size
         if width * height > self.limits.max_pixels:
             self.refuse(
                 WarningCode.IMAGE_TOO_LARGE, f"{width}x{height} pixels > {self.limits.max_pixels}"

@@ -18,7 +18,7 @@ from pathlib import Path
 from converters.base import Limits
 from converters.errors import InputTooLarge
 
-__all__ = ["check_media_pixels"]
+__all__ = ["PixelBomb", "check_media_pixels", "header_size"]
 
 # Enough for any PNG/GIF header and for the frame header of all but the most
 # bloated JPEG (EXIF blocks are at most 64 KiB).
@@ -26,23 +26,40 @@ _HEADER_BYTES = 128 * 1024
 _RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
-def _picture_size(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int] | None:
-    """Width and height from the member's header, or None if Pillow cannot tell."""
+class PixelBomb(ValueError):
+    """A header whose size Pillow itself calls a decompression bomb."""
+
+
+def header_size(head: bytes) -> tuple[int, int] | None:
+    """Width and height of a raster image from its first bytes, nothing decoded.
+
+    None when Pillow does not know the format (EMF, SVG, damaged): the converter
+    decides. Raises PixelBomb past Pillow's own bomb threshold. Shared by the
+    Office picture check and WeasyPrint's resource policy.
+    """
     from PIL import Image
 
-    with zf.open(info) as member:
-        head = member.read(_HEADER_BYTES)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(io.BytesIO(head)) as image:
                 width, height = image.size
         except Image.DecompressionBombError:
-            what = f"picture {info.filename} is over Pillow's bomb threshold"
-            raise InputTooLarge(what, member=info.filename) from None
+            raise PixelBomb("over Pillow's bomb threshold") from None
         except Exception:
-            return None  # not a raster Pillow knows (EMF, SVG, damaged): the converter decides
+            return None
     return int(width), int(height)
+
+
+def _picture_size(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[int, int] | None:
+    """Width and height from the member's header, or None if Pillow cannot tell."""
+    with zf.open(info) as member:
+        head = member.read(_HEADER_BYTES)
+    try:
+        return header_size(head)
+    except PixelBomb:
+        what = f"picture {info.filename} is over Pillow's bomb threshold"
+        raise InputTooLarge(what, member=info.filename) from None
 
 
 def check_media_pixels(path: Path, zf: zipfile.ZipFile, limits: Limits) -> None:

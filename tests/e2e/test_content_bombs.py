@@ -30,6 +30,7 @@ import pytest
 
 from daemon.config import LaneSettings, load_settings
 from tests.e2e.chaos_support import FaultyDaemon, long_mode
+from tests.e2e.test_lane_limits import _good
 from tests.fixtures.bombs import BOMBS, Bomb, make_many_parts_pptx, make_sparse_md, make_xxe_docx
 from tests.fixtures.web_docs import make_billion_laughs_docx
 
@@ -249,14 +250,6 @@ def _sparse_and_small(daemon: FaultyDaemon, sizes: tuple[int, ...]) -> None:
         assert err["timings"]["started_at"] is None, err  # refused before any lane saw it
     car = daemon.sidecar("to-pdf/sparse/beside.pdf", timeout=60)
     assert car["status"] == "succeeded", car
-
-
-def _good(daemon: FaultyDaemon, name: str) -> None:
-    (daemon.inbox / "to-pdf").mkdir(parents=True, exist_ok=True)
-    (daemon.inbox / "to-pdf" / f"{name}.md").write_text(f"# {name}\n\nStill converting.\n")
-    car = daemon.sidecar(f"to-pdf/{name}.pdf", timeout=180)
-    assert car["status"] == "succeeded"
-    assert (daemon.outbox / "to-pdf" / f"{name}.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_one_bomb_per_route_family_ends_once_within_its_budget(tmp_path: Path) -> None:
