@@ -20,7 +20,7 @@ import collections
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -238,6 +238,16 @@ class LanePool:
             await self.queue.put(item)
             self.metrics.queue_depth.labels(self.lane.value).set(self.queue.qsize())
             return await item.future
+        finally:
+            self.outstanding -= 1
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Count a job of this lane that waits without a worker (for an identical job
+        to finish, daemon/reuse.py) as outstanding, so intake's back-pressure sees it."""
+        self.outstanding += 1
+        try:
+            yield
         finally:
             self.outstanding -= 1
 
