@@ -1,4 +1,4 @@
-"""The loopback HTTP listener: /healthz, /readyz, /metrics and /status.
+"""The loopback HTTP listener: /healthz, /readyz, /metrics, /status and the status page (/).
 
 An aiohttp app factory with typed ``web.AppKey`` state. Every handler asks the
 Service through its public methods; the app decides nothing. Readiness is
@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon.status_page import CONTENT_SECURITY_POLICY, render_status_page
 
 if TYPE_CHECKING:
     from daemon.service import Service
@@ -54,6 +56,23 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(request.app[SERVICE].status())
 
 
+async def status_page(request: web.Request) -> web.Response:
+    """The status page for people (daemon/status_page.py): HTML, no script, no assets."""
+    service = request.app[SERVICE]
+    ready, results = service.evaluate()
+    page = render_status_page(service.status(), ready, results)
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
 def make_app(service: Service) -> web.Application:
     app = web.Application()
     app[SERVICE] = service
@@ -61,4 +80,5 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    app.router.add_get("/", status_page)
     return app

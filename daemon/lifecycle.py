@@ -56,7 +56,7 @@ from daemon.storage import is_storage_error, storage_trouble, wait_for_storage
 from daemon.wire import JobReply, JobRequest
 from daemon.workers import LanePool
 
-__all__ = ["FailureNote", "Lifecycle"]
+__all__ = ["FailureNote", "Lifecycle", "SuccessNote"]
 
 log = structlog.get_logger("sir_convert_a_lot.lifecycle")
 
@@ -69,6 +69,19 @@ class FailureNote:
     relative_path: str
     code: str
     message: str
+    at: str
+
+
+@dataclass(frozen=True)
+class SuccessNote:
+    """A recent success, for /status and the status page."""
+
+    job_id: str
+    relative_path: str
+    output: str
+    route: str
+    convert_seconds: float | None
+    reused: bool
     at: str
 
 
@@ -95,6 +108,7 @@ class Lifecycle:
         self.service = service
         self.reuse = Reuse(settings, self.root, self.store, metrics, service)
         self.failures: collections.deque[FailureNote] = collections.deque(maxlen=50)
+        self.successes: collections.deque[SuccessNote] = collections.deque(maxlen=50)
         self.active: dict[str, Job] = {}
         self._publish_lock = asyncio.Lock()
 
@@ -405,6 +419,17 @@ class Lifecycle:
             if reply.pages:
                 self.metrics.pages.labels(route).inc(reply.pages)
         self.metrics.last_success.set(time.time())
+        self.successes.append(
+            SuccessNote(
+                job.id,
+                readable(job.record.relative_path),
+                readable(job.record.output_relative or ""),
+                route,
+                reply.convert_seconds,
+                reused is not None,
+                datetime.now(UTC).isoformat(),
+            )
+        )
 
     async def _fail(
         self,

@@ -1,4 +1,10 @@
-"""Result reuse through the real daemon (docs/automation.md, "Result reuse").
+"""Result reuse and the status page, through the real daemon (docs/automation.md).
+
+One daemon serves this module's short tests (a start costs half a minute on two
+cores); the long mode adds a restart with an upgraded converter and a profile
+with ``reuse = false``.
+
+Result reuse:
 
 100 copies of one HTML page dropped at once into ``to-pdf/`` give one
 conversion and 99 reuses (html->pdf: WeasyPrint, which also reads an image
@@ -8,6 +14,11 @@ file each give a conversion again. A changed converter version is made real:
 the restarted daemon's workers find a newer ``weasyprint`` distribution's
 metadata first on their path (what an upgrade of the library does to the
 version the route reports), and convert again.
+
+The status page: headless Chromium loads ``/`` of the running daemon after a
+success and a failure of a file whose name is HTML; the test reads the page's
+text (readiness, lanes, workers, the failure's code, the name shown as text and
+never as an element) and keeps a screenshot.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from typing import Any
 import pytest
 
 from daemon.reuse_cache import ENTRY_FILE
+from tests.fixtures.browser import load
 from tests.fixtures.daemon import Daemon, sha
 from tests.fixtures.web_docs import make_text_pdf
 
@@ -177,6 +189,33 @@ def test_pdf_to_md_is_reused(running: Daemon) -> None:
     assert second["input"]["pages"] == first["input"]["pages"] == 1
     assert second["converter"] == first["converter"]
     print(f"\npdf->md: converted in {first['timings']['convert_seconds']:.2f} s, then reused")
+
+
+HOSTILE = "<img src=x onerror=alert(1)>.weird"
+
+
+def test_the_status_page_in_a_browser(running: Daemon, tmp_path: Path) -> None:
+    drop_all(running, {"to-docx/status-page.md": MD.encode(), f"to-md/{HOSTILE}": b"x"})
+    assert running.sidecar("to-docx/status-page.docx")["status"] == "succeeded"
+    assert running.error(f"to-md/{HOSTILE}")["error"]["code"] == "unsupported_route"
+    shot = tmp_path / "status-page.png"
+    page = load(running.base_url + "/", screenshot=shot)
+    text = page.text
+    assert "Sir Convert-a-Lot · profile eval" in text
+    assert "Ready: every check passes." in text
+    for heading in ("Queue per lane", "Jobs in flight", "Last successes", "Last failures"):
+        assert heading in text
+    assert "no job in flight" in text
+    assert "to-docx/status-page.md to-docx/status-page.docx md->docx" in text
+    # The name is text on the page, never markup: Chromium built no <img> from it.
+    assert f"to-md/{HOSTILE} unsupported_route" in text
+    assert "<img" not in page.dom and "&lt;img src=x onerror=alert(1)&gt;.weird" in page.dom
+    assert "<script" not in page.dom
+    # Workers with their recycle counts, and the links to the machine-readable views.
+    assert "recycles" in text and "cpu 0 " in text and "gpu 0 " in text
+    assert 'href="/metrics"' in page.dom and 'href="/events"' in page.dom
+    assert '<meta http-equiv="refresh" content="5">' in page.dom
+    print(f"\nstatus page screenshot: {shot}")
 
 
 @pytest.mark.slow
