@@ -150,9 +150,15 @@ class Reuse:
         self._converting: dict[str, asyncio.Event] = {}  # key -> set when its job ends
 
     def open(self) -> None:
-        """Index the cache (blocking). Called at start; ``lookup`` calls it if needed."""
+        """Index the cache (blocking). Called at start; ``lookup`` calls it if needed.
+        A cache that cannot be opened turns reuse off for this run, nothing more."""
         if self.enabled and not self._opened:
-            self.cache.open()
+            try:
+                self.cache.open()
+            except OSError as exc:
+                log.error("reuse_cache_unusable", error=str(exc))
+                self.enabled = False
+                return
             self._opened = True
             self._gauges()
 
@@ -192,9 +198,11 @@ class Reuse:
         self.release(job)  # a job resumed after a pause starts over
         if not self.enabled or job.record.input_sha256 is None:
             return None
+        if not self._opened:
+            await asyncio.to_thread(self.open)
+            if not self.enabled:
+                return None
         try:
-            if not self._opened:
-                await asyncio.to_thread(self.open)
             self._base[job.id] = await asyncio.to_thread(self._base_facts, job, resolved, options)
         except NotReusable as exc:
             log.info("reuse_not_possible", job_id=job.id, reason=str(exc))
@@ -210,7 +218,11 @@ class Reuse:
         # Lead from here (no await before this line): later identical jobs wait for us.
         self._converting[key] = asyncio.Event()
         self._leading[job.id] = key
-        entry = await asyncio.to_thread(self._take, job, key, resolved)
+        try:
+            entry = await asyncio.to_thread(self._take, job, key, resolved)
+        except OSError as exc:  # the cache never fails a job: convert it
+            log.warning("reuse_lookup_failed", job_id=job.id, error=str(exc))
+            return None
         if entry is None:
             return None
         self._end_lead(job.id)

@@ -195,11 +195,17 @@ class ReuseCache:
             os.close(fd)
 
     def peek(self, key: str) -> Entry | None:
-        """The entry for ``key`` without touching its files, or None."""
+        """The entry for ``key`` without touching its files, or None. An indexed
+        entry whose ``entry.json`` is gone or unreadable is discarded."""
         with self._lock:
             if key not in self._index:
                 return None
-        return self._read_entry(self._place(key))
+        place = self._place(key)
+        entry = self._read_entry(place)
+        if entry is None or entry.key != key:
+            self._forget_missing(key, place)
+            return None
+        return entry
 
     def take(self, key: str, work_dir: Path, output_name: str) -> Taken | None:
         """Copy the entry's files into the empty ``work_dir``, verifying each.
@@ -211,7 +217,6 @@ class ReuseCache:
         place = self._place(key)
         entry = self.peek(key)
         if entry is None:
-            self._forget_missing(key, place)
             return None
         single = len(entry.files) == 1
         try:
