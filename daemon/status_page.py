@@ -43,6 +43,14 @@ def _name(value: object) -> str:
     return _DASH if value is None else html.escape(printable(str(value)), quote=True)
 
 
+def _when(value: object) -> str:
+    """An ISO-8601 UTC time as ``2026-11-30 03:35:05 UTC`` (escaped as given otherwise)."""
+    text = str(value) if value is not None else ""
+    if len(text) >= 19 and text[10] == "T" and text.endswith("+00:00"):
+        return _e(f"{text[:10]} {text[11:19]} UTC")
+    return _e(value)
+
+
 def _seconds(value: object) -> str:
     if not isinstance(value, int | float):
         return _DASH
@@ -133,7 +141,7 @@ def _in_flight(status: Mapping[str, Any]) -> str:
 def _successes(status: Mapping[str, Any]) -> str:
     rows = [
         (
-            _e(item.get("at")),
+            _when(item.get("at")),
             _name(item.get("relative_path")),
             _name(item.get("output")),
             _e(item.get("route")),
@@ -147,7 +155,7 @@ def _successes(status: Mapping[str, Any]) -> str:
 def _failures(status: Mapping[str, Any]) -> str:
     rows = [
         (
-            _e(item.get("at")),
+            _when(item.get("at")),
             _name(item.get("relative_path")),
             f'<span class="bad">{_e(item.get("code"))}</span>',
             _name(item.get("message")),

@@ -75,7 +75,7 @@ def report() -> dict[str, Any]:
                 "route": "md->pdf",
                 "convert_seconds": 0.5,
                 "reused": False,
-                "at": "2026-11-30T03:00:00+00:00",
+                "at": "2026-11-30T03:00:00.123456+00:00",
             },
             {
                 "job_id": "s2",
@@ -119,7 +119,7 @@ def test_every_name_is_text_and_every_section_is_there() -> None:
     assert f"to-md/queued {HOSTILE} queued" in text
     assert "12.5 s" in text
     assert "cpu 1 1 4 no" in text and "gpu 0 1 1 yes" in text
-    assert f"to-pdf/{HOSTILE}.md to-pdf/a.pdf md->pdf 0.5 s" in text
+    assert f"2026-11-30 03:00:00 UTC to-pdf/{HOSTILE}.md to-pdf/a.pdf md->pdf 0.5 s" in text
     assert "to-pdf/b.md to-pdf/b.pdf md->pdf reused" in text
     # A control character is shown as an escape, never sent to the browser.
     assert "to-md/bell\\x1b[31m.weird unsupported_route" in text and "\x1b" not in page
