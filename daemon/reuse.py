@@ -12,6 +12,8 @@ The key is a sha256 over everything the output depends on:
 * the input's sha256 (inputs over the hashing cap have none: never reused);
 * the route, the converter's name and the versions the lane's workers report
   (``Ready.versions``: the libraries and tools that ran), and the device;
+* the model files the route reads (pdf->md: each file's path, size and mtime
+  under ``models_dir``), so provisioning other models converts again;
 * the effective options, with the *content* of a stylesheet or reference docx
   they name (the job's private copies), and the profile's limits;
 * the daemon's own version and revision (its converters' code and print.css);
@@ -43,6 +45,8 @@ import structlog
 
 from converters.base import Converter, ConvertOptions
 from converters.dropfolder import DropFolder
+from converters.models import required_artifacts
+from converters.warning_codes import WarningCode
 from daemon.config import ProfileSettings
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
@@ -61,6 +65,9 @@ KEY_FORMAT = 1
 # Routes whose output contains the input's name (md->pdf: the PDF title).
 NAME_BOUND_ROUTES = frozenset({"md->pdf"})
 _FILE_OPTIONS = ("stylesheet", "reference_docx")
+# A result with one of these may come out better next time (docling stops a
+# document at its time-out under load): it is never kept.
+_NOT_KEPT = frozenset({WarningCode.PARTIAL_CONVERSION})
 
 
 class NotReusable(Exception):
@@ -125,6 +132,25 @@ def options_facts(options: ConvertOptions) -> dict[str, Any]:
     return facts
 
 
+def models_facts(models_dir: Path | None, route: str) -> list[list[object]]:
+    """The model files ``route`` reads, as key material: path, size and mtime of each."""
+    folders = required_artifacts().get(route, [])
+    if models_dir is None or not folders:
+        return []
+    found: list[list[object]] = []
+    for folder in folders:
+        for dirpath, dirs, names in os.walk(models_dir / folder):
+            dirs.sort()
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                found.append([path.relative_to(models_dir).as_posix(), st.st_size, st.st_mtime_ns])
+    return found
+
+
 class Reuse:
     """The lifecycle's side of reuse: ``lookup`` before converting, ``keep`` after a
     conversion succeeded, ``release`` when the job is done either way."""
@@ -179,6 +205,7 @@ class Reuse:
             "route": route,
             "options": options_facts(options),
             "limits": self.settings.limits.model_dump(mode="json"),
+            "models": models_facts(self.settings.models_dir, route),
             "service": {"version": self.service.version, "revision": self.service.revision},
             "stem_sha256": _sha256_bytes(stem) if route in NAME_BOUND_ROUTES else None,
             # Not key material for other routes; kept for the entry's own name check.
@@ -300,6 +327,8 @@ class Reuse:
         failure to keep it is logged, never the job's failure."""
         base = self._base.get(job.id)
         if not self.enabled or base is None or reply.resources is None or job.id in self._hits:
+            return
+        if _NOT_KEPT.intersection(reply.warnings):
             return
         entry = Entry(
             key=reuse_key(

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from converters.base import ConvertOptions
-from daemon.reuse import options_facts, reuse_key
+from daemon.reuse import models_facts, options_facts, reuse_key
 from daemon.reuse_cache import ENTRY_FILE, Entry, ReuseCache
 from daemon.sidecar import ConverterInfo
 
@@ -172,3 +172,17 @@ def test_options_count_by_the_content_of_the_files_they_name(tmp_path: Path) -> 
     two.write_text("body{color:red}")
     assert facts != options_facts(ConvertOptions(stylesheet=two))
     assert facts != options_facts(ConvertOptions(stylesheet=one, table_mode="accurate"))
+
+
+def test_pdf_to_md_keys_on_its_model_files(tmp_path: Path) -> None:
+    from converters.models import LAYOUT
+
+    layout = tmp_path / LAYOUT.folder
+    layout.mkdir(parents=True)
+    weights = layout / "model.safetensors"
+    weights.write_bytes(b"tiny model")
+    before = models_facts(tmp_path, "pdf->md")
+    assert [row[0] for row in before] == [f"{LAYOUT.folder}/model.safetensors"]
+    assert models_facts(tmp_path, "md->pdf") == [] and models_facts(None, "pdf->md") == []
+    weights.write_bytes(b"other model!")  # provisioned again
+    assert models_facts(tmp_path, "pdf->md") != before
