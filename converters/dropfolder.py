@@ -65,6 +65,7 @@ class DropFolder:
         # Each path read (as given) and what it gave: ``sha256:<hex>`` of the
         # bytes, or the warning code of the refusal.
         self.reads: dict[str, str] = {}
+        self.read_bytes = 0  # all the bytes ``read`` returned
 
     @classmethod
     def open(cls, path: Path) -> DropFolder:
@@ -116,6 +117,7 @@ class DropFolder:
             self.reads[key] = str(exc.code)
             raise
         self.reads[key] = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.read_bytes += len(body)
         return body
 
     def outcome(self, relative: str, *, max_bytes: int) -> str:

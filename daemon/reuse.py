@@ -168,7 +168,9 @@ class Reuse:
         self.store = store
         self.metrics = metrics
         self.service = service
-        self.cache = ReuseCache(root.state / "reuse", settings.reuse_max_bytes)
+        self.cache = ReuseCache(
+            root.state / "reuse", settings.reuse_max_bytes, on_discard=metrics.reuse_discarded.inc
+        )
         self._opened = False
         self._base: dict[str, dict[str, Any]] = {}  # job id -> key facts
         self._hits: dict[str, ReuseHit] = {}
@@ -290,10 +292,7 @@ class Reuse:
         if job.work_dir.exists():
             shutil.rmtree(job.work_dir)
         job.work_dir.mkdir()
-        discarded = self.cache.discarded
         taken = self.cache.take(key, job.work_dir, resolved.output_relative.name)
-        if self.cache.discarded != discarded:
-            self.metrics.reuse_discarded.inc(self.cache.discarded - discarded)
         if taken is None:
             return None
         if job.record.input_size is not None and self.store.input_changed(job):

@@ -33,6 +33,7 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -136,7 +137,10 @@ def _copy_hashing(src: Path, dst: Path) -> tuple[str, int]:
 
 
 class ReuseCache:
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+    def __init__(
+        self, folder: Path, max_bytes: int, on_discard: Callable[[], object] | None = None
+    ) -> None:
+        """``on_discard`` is called for each entry found damaged (a metric)."""
         self.folder = folder
         self.staging = folder / "staging"
         self.max_bytes = max_bytes
@@ -144,6 +148,7 @@ class ReuseCache:
         # key -> (size in bytes, last use as time.time())
         self._index: dict[str, tuple[int, float]] = {}
         self.discarded = 0  # entries found corrupt or incomplete, since start
+        self._on_discard = on_discard
 
     # -- start-up ----------------------------------------------------------------------
 
@@ -245,7 +250,7 @@ class ReuseCache:
         with self._lock:
             known = self._index.pop(key, None) is not None
         if known:  # indexed, but its entry.json is gone or unreadable
-            self.discarded += 1
+            self._discarded()
             self._remove(place)
 
     # -- writing -------------------------------------------------------------------------
@@ -296,8 +301,14 @@ class ReuseCache:
         """Remove an entry found corrupt or incomplete."""
         with self._lock:
             self._index.pop(key, None)
-        self.discarded += 1
+        self._discarded()
         self._remove(self._place(key))
+
+    def _discarded(self) -> None:
+        with self._lock:
+            self.discarded += 1
+        if self._on_discard is not None:
+            self._on_discard()
 
     def _evict(self) -> None:
         """Remove the least recently used entries until the cache fits ``max_bytes``."""

@@ -107,9 +107,9 @@ def _empty_folder() -> str:
 
 def _resources(drop_folder: DropFolder) -> dict[str, str] | None:
     """What the job read beside its document, for reuse (``JobReply.resources``)."""
-    from daemon.wire import MAX_RESOURCES
+    from daemon.wire import MAX_RESOURCE_BYTES, MAX_RESOURCES
 
-    if len(drop_folder.reads) > MAX_RESOURCES:
+    if len(drop_folder.reads) > MAX_RESOURCES or drop_folder.read_bytes > MAX_RESOURCE_BYTES:
         return None
     return {
         base64.b64encode(os.fsencode(path)).decode("ascii"): outcome
