@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -384,7 +385,15 @@ class Lifecycle:
         output = job.work_dir / resolved.output_relative.name
         async with self._publish_lock:
             await asyncio.to_thread(
-                self.publisher.stage_success, job, output, resolved.output_relative, sidecar
+                functools.partial(
+                    self.publisher.stage_success,
+                    pages=reply.pages_converted,
+                    pdf_variant=reply.pdf_variant,
+                ),
+                job,
+                output,
+                resolved.output_relative,
+                sidecar,
             )
             await asyncio.to_thread(self.publisher.finish_success, job)
         self.metrics.job_finished(route, "succeeded", "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -26,8 +27,13 @@ __all__ = [
     "RouteInfo",
     "ServiceInfo",
     "Sidecar",
+    "ARTIFACT_SUFFIXES",
     "ERROR_SUFFIX",
     "META_SUFFIX",
+    "ArtifactInfo",
+    "ArtifactKind",
+    "artifact_kind",
+    "companion_paths",
     "Timings",
     "error_details",
 ]
@@ -36,6 +42,39 @@ __all__ = [
 # next to a failed input. Spelled here only.
 META_SUFFIX = ".meta.json"
 ERROR_SUFFIX = ".error.json"
+
+# What else a job may publish beside its main output ``<stem>.<ext>``: the
+# companions are named ``<stem><suffix>`` (``paper.images/``, ``paper.docling.json``,
+# ``paper.chunks.jsonl``). Spelled here only; workers get the paths in their request.
+ArtifactKind = Literal["main", "images", "json", "chunks"]
+ARTIFACT_SUFFIXES: dict[str, str] = {
+    "images": ".images",
+    "json": ".docling.json",
+    "chunks": ".chunks.jsonl",
+}
+
+
+def _stem(name: str) -> str:
+    dot = name.rfind(".")
+    return name[:dot] if dot > 0 else name
+
+
+def companion_paths(output: Path) -> dict[str, Path]:
+    """Where the companions of ``output`` go, by kind, in the same folder."""
+    stem = _stem(output.name)
+    return {kind: output.with_name(stem + suffix) for kind, suffix in ARTIFACT_SUFFIXES.items()}
+
+
+def artifact_kind(name: str, main: str) -> str | None:
+    """The kind of the entry ``name`` beside the main output ``main`` (None: not one of ours)."""
+    if name == main:
+        return "main"
+    stem = _stem(main)
+    for kind, suffix in ARTIFACT_SUFFIXES.items():
+        if name == stem + suffix:
+            return kind
+    return None
+
 
 SCHEMA_VERSION = 1
 # The most an error's details may take in a sidecar, as compact JSON.
@@ -67,6 +106,25 @@ class InputInfo(_Strict):
     pages: int | None = None
 
 
+class ArtifactInfo(_Strict):
+    """One published file (a folder such as ``<stem>.images/`` lists each file in it)."""
+
+    kind: ArtifactKind = Field(
+        description="main (the converted document), images (a picture crop), json (the "
+        "DoclingDocument), chunks (one chunk a line)"
+    )
+    path: str = Field(
+        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
+        "shown as U+FFFD"
+    )
+    path_b64: str | None = Field(
+        default=None,
+        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
+    )
+    sha256: str
+    size_bytes: int
+
+
 class OutputInfo(_Strict):
     path: str = Field(
         description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
@@ -78,6 +136,25 @@ class OutputInfo(_Strict):
     )
     sha256: str
     size_bytes: int
+    artifacts: list[ArtifactInfo] = Field(
+        default_factory=list,
+        description="every published file of the job, the main output first; all are in "
+        "place before the sidecar is",
+    )
+    pages: list[int] | None = Field(
+        default=None,
+        description="the page numbers (1-based) whose content the output holds, when the "
+        "route knows pages",
+    )
+    pdf_variant: str | None = Field(
+        default=None,
+        description="the PDF variant the output declares (e.g. pdf/a-3b), when one was asked",
+    )
+    pdf_variant_validated: bool | None = Field(
+        default=None,
+        description="false: the variant is declared by WeasyPrint but no external validator "
+        "checked it",
+    )
 
 
 class ConverterInfo(_Strict):

@@ -140,6 +140,10 @@ class JobReply(_Message):
     retryable: bool = False
     warnings: list[str] = Field(default_factory=list)
     pages: int | None = None
+    # The pages whose content the output holds, and the PDF variant it declares
+    # (the files themselves are in the job's work folder, named by daemon.sidecar).
+    pages_converted: list[int] | None = None
+    pdf_variant: str | None = None
     device: Device | None = None
     converter: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)
