@@ -241,7 +241,7 @@ def run_docling(
             raises_on_error=False,
             max_num_pages=limits.max_pages,
             max_file_size=limits.max_input_bytes,
-            **({"page_range": page_range} if page_range is not None else {}),
+            page_range=page_range or (1, sys.maxsize),
         )
     except Exception as exc:
         raise map_docling_error(exc, what=what) from exc

@@ -34,7 +34,7 @@ from converters.markdown import normalize_markdown, separate_tables
 from converters.warning_codes import WarningCode
 
 if TYPE_CHECKING:
-    from docling_core.types.doc import DoclingDocument
+    from docling_core.types.doc.document import DoclingDocument
 
 __all__ = [
     "FIGURE_NAME",
@@ -128,7 +128,7 @@ def _write(
 
 
 def _write_json(document: DoclingDocument, path: Path) -> None:
-    from docling_core.types.doc import ImageRefMode
+    from docling_core.types.doc.base import ImageRefMode
 
     # PLACEHOLDER keeps the pictures as the pipeline stored them (data: URIs).
     document.save_as_json(path, image_mode=ImageRefMode.PLACEHOLDER)
@@ -152,7 +152,7 @@ def _box(item: Any) -> list[dict[str, Any]]:
 
 
 def _write_chunks(document: DoclingDocument, path: Path) -> None:
-    from docling_core.transforms.chunker import HierarchicalChunker
+    from docling_core.transforms.chunker.hierarchical_chunker import HierarchicalChunker
 
     with path.open("w", encoding="utf-8") as out:
         for number, chunk in enumerate(HierarchicalChunker().chunk(document)):
@@ -170,7 +170,7 @@ def _write_chunks(document: DoclingDocument, path: Path) -> None:
 
 def _prepare_figures(document: DoclingDocument, request: ConversionRequest) -> list[str]:
     """Apply the limits; for ``referenced`` write the crops and point each picture at its file."""
-    from docling_core.types.doc import ImageRef, PictureItem
+    from docling_core.types.doc.document import ImageRef, PictureItem
 
     options = request.options
     if options.images == "placeholder":
@@ -203,7 +203,7 @@ def _prepare_figures(document: DoclingDocument, request: ConversionRequest) -> l
 def _markdown(
     document: DoclingDocument, request: ConversionRequest, pages: list[int] | None
 ) -> str:
-    from docling_core.types.doc import ImageRefMode
+    from docling_core.types.doc.base import ImageRefMode
 
     options = request.options
     mode = ImageRefMode(options.images)
