@@ -114,17 +114,44 @@ def _write(
 ) -> tuple[str, list[str]]:
     options = request.options
     warnings: list[str] = []
+    # The Markdown is exported page by page from the whole pass; the JSON and
+    # the chunks come from docling-core's copy restricted to the chosen pages.
+    kept = document
     if pages is not None and set(pages) != set(document.pages):
-        document = document.filter(page_nrs=set(pages))
+        kept = _renumbered(document.filter(page_nrs=set(pages)), sorted(pages))
     if "json" in options.also:
-        _write_json(document, request.companions["json"])
+        _write_json(kept, request.companions["json"])
     if "chunks" in options.also:
-        _write_chunks(document, request.companions["chunks"])
+        _write_chunks(kept, request.companions["chunks"])
     warnings.extend(_prepare_figures(document, request))
     markdown = _markdown(document, request, pages)
     text = normalize_markdown(markdown) if options.normalize_markdown else markdown
     request.output_path.write_bytes(text.encode("utf-8"))
     return text, warnings
+
+
+def _renumbered(document: DoclingDocument, pages: list[int]) -> DoclingDocument:
+    """docling-core's filter counts the kept pages from 1 (the first page of the
+    pass is 1, gaps kept); give them their own numbers back."""
+    if not document.pages or set(document.pages) == set(pages):
+        return document
+    shift = pages[0] - min(document.pages)
+    number = {key: key + shift for key in document.pages}
+    document.pages = {
+        number.get(key, key): page.model_copy(update={"page_no": number.get(key, key)})
+        for key, page in document.pages.items()
+    }
+    items: list[Any] = [
+        *document.texts,
+        *document.pictures,
+        *document.tables,
+        *document.key_value_items,
+        *document.form_items,
+    ]
+    for item in items:
+        for prov in item.prov:
+            prov.page_no = number.get(prov.page_no, prov.page_no)
+    return document
 
 
 def _write_json(document: DoclingDocument, path: Path) -> None:

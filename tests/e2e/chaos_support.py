@@ -128,7 +128,6 @@ def _docx_bytes(text: str) -> bytes:
     import io
 
     import docx
-
     from PIL import Image
 
     picture = io.BytesIO()
