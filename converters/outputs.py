@@ -197,7 +197,8 @@ def _write_chunks(document: DoclingDocument, path: Path) -> None:
 
 def _prepare_figures(document: DoclingDocument, request: ConversionRequest) -> list[str]:
     """Apply the limits; for ``referenced`` write the crops and point each picture at its file."""
-    from docling_core.types.doc.document import ImageRef, PictureItem
+    from docling_core.types.doc.common.reference import ImageRef
+    from docling_core.types.doc.items.picture.picture import PictureItem
 
     options = request.options
     if options.images == "placeholder":
