@@ -24,6 +24,7 @@ Nothing here imports docling at module level: the daemon imports
 from __future__ import annotations
 
 import json
+import re
 import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,10 @@ __all__ = [
 
 FIGURE_NAME = "figure-{:03d}.png"
 PAGE_MARKER = "<!-- page {} -->"
+PLACEHOLDER = "<!-- image -->"
+# docling-core's note for a picture without pixels in embedded mode (an HTML
+# <img> never fetched, a picture over the limits): the same placeholder as elsewhere.
+_NOT_AVAILABLE = re.compile(r"<!-- [^\n]{0,8}Image not available\.[^\n]*?-->")
 
 
 def _href(folder: str) -> str:
@@ -238,7 +243,7 @@ def _markdown(
 
     def export(page_no: int | None = None) -> str:
         text = document.export_to_markdown(image_mode=mode, page_no=page_no)
-        return separate_tables(str(text))
+        return separate_tables(_NOT_AVAILABLE.sub(PLACEHOLDER, str(text)))
 
     if not options.page_markers and pages is None:
         return export()

@@ -99,6 +99,7 @@ def test_pdf_figure_limits_and_embedded_mode(
     result, out = _convert(conv, ctx, src, images="embedded", max_images=1)
     text = out.read_text()
     assert text.count("](data:image/png;base64,") == 1
+    assert text.count("<!-- image -->") == 1  # the second picture, over max_images
     assert "images_limited" in result.warnings
     assert not out.with_name("report.images").exists()
 
