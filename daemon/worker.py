@@ -261,6 +261,11 @@ def main() -> int:
                     | ({WarningCode.OPTION_IGNORED} if ignored else set())
                 ),
                 pages=result.pages,
+                files=[
+                    path.name
+                    for path in (request.output_path, *request.companions.values())
+                    if path.exists()
+                ],
                 pages_converted=result.pages_converted,
                 pdf_variant=result.pdf_variant,
                 device=result.device or ctx.device,
