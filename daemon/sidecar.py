@@ -8,6 +8,7 @@ published in docs/sidecar.schema.json (``sir-convert-a-lot schema``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -55,8 +56,17 @@ ARTIFACT_SUFFIXES: dict[str, str] = {
 
 
 def _stem(name: str) -> str:
+    """The stem companions of ``name`` share in the work folder: the name less
+    its extension, shortened (whole characters) so the longest companion fits
+    NAME_MAX. Publishing picks the outbox names afresh (daemon.publish)."""
+    from daemon.durable import NAME_MAX  # durable imports this module
+
     dot = name.rfind(".")
-    return name[:dot] if dot > 0 else name
+    stem = name[:dot] if dot > 0 else name
+    longest = max(len(suffix) for suffix in ARTIFACT_SUFFIXES.values())
+    while stem and len(os.fsencode(stem)) + longest > NAME_MAX:
+        stem = stem[:-1]
+    return stem
 
 
 def companion_paths(output: Path) -> dict[str, Path]:

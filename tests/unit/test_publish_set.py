@@ -10,8 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from urllib.parse import quote
 
 import pytest
 
@@ -146,3 +148,28 @@ def test_a_crash_between_moves_never_shows_a_sidecar_early_and_recovery_complete
         assert entry["sha256"] == _sha(root.outbox / entry["path"])
     assert len(list(folder.iterdir())) == 5  # no ~2 twins
     assert not job.folder.exists()
+
+
+def test_a_name_at_the_length_limit_still_publishes_its_set(tmp_path: Path) -> None:
+    root, publisher, job, _ = _job(tmp_path)
+    long_name = "é" * 100 + "x" * 50 + ".md"  # 253 bytes: its companions would not fit
+    shutil.rmtree(job.work_dir)
+    job.work_dir.mkdir()
+    main = job.work_dir / long_name
+    companions = companion_paths(main)
+    main.write_text(f"![Image]({quote(companions['images'].name, safe='')}/figure-001.png)\n")
+    companions["images"].mkdir()
+    (companions["images"] / "figure-001.png").write_bytes(b"\x89PNG")
+    companions["chunks"].write_text("{}\n")
+    publisher.stage_success(job, main, PurePosixPath(f"to-md/{long_name}"), _sidecar())
+    publisher.finish_success(job)
+    car_path = next((root.outbox / "to-md").glob("*.meta.json"))
+    car = json.loads(car_path.read_text())
+    names = [PurePosixPath(a["path"]).parts[1] for a in car["output"]["artifacts"]]
+    assert all(len(os.fsencode(name)) <= 255 for name in [*names, car_path.name])
+    published = root.outbox / car["output"]["path"]
+    images = names[1]
+    assert images.endswith(".images")
+    assert f"]({quote(images, safe='')}/figure-001.png)" in published.read_text()
+    for entry in car["output"]["artifacts"]:
+        assert entry["sha256"] == _sha(root.outbox / entry["path"])
