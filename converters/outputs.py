@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from converters.base import ConversionRequest, ConvertOptions, Route
-from converters.errors import ConverterFailed, OptionsInvalid
+from converters.errors import ConverterFailed, OptionsInvalid, SirError
 from converters.markdown import normalize_markdown, separate_tables
 from converters.warning_codes import WarningCode
 
@@ -107,7 +107,7 @@ def write_outputs(
     and the document has no pages, as docx or html)."""
     try:
         return _write(document, request, pages)
-    except (OptionsInvalid, OSError):
+    except (SirError, OSError):
         raise
     except Exception as exc:
         message = f"writing the outputs failed: {type(exc).__name__}: {exc}"
@@ -223,7 +223,8 @@ def _prepare_figures(document: DoclingDocument, request: ConversionRequest) -> l
             continue
         kept += 1
         if options.images == "referenced":
-            assert folder is not None, "the images companion path is missing"
+            if folder is None:
+                raise ConverterFailed("images = referenced, but the request names no images folder")
             folder.mkdir(exist_ok=True)
             name = FIGURE_NAME.format(kept)
             image.save(folder / name, format="PNG")

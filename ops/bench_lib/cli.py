@@ -22,7 +22,7 @@ from ops.bench_lib.report import render, targets
 __all__ = ["SCHEMA", "build_parser", "main"]
 
 SCHEMA = "sir-convert-a-lot-bench/1"
-SECTIONS = ("latency", "throughput", "scale", "scan", "memory")
+SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "outputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,10 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
         from ops.bench_lib.memory import measure_memory
 
         attempt("memory", lambda: measure_memory(bench))
+    if "outputs" in sections:  # only with --only outputs: not in any mode's sections
+        from ops.bench_lib.outputs import measure_outputs
+
+        attempt("outputs", lambda: measure_outputs(bench))
 
 
 def main(argv: list[str] | None = None) -> int:
