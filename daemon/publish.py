@@ -73,16 +73,22 @@ class Publisher:
     ) -> None:
         """Fix the names of the whole set and stage the sidecar durably, before any move."""
         entries = _work_entries(job.work_dir, output)
-        for kind, entry in entries:
-            _fsync_tree(entry) if kind == "images" else fsync_file(entry)
         names = _free_set(self.root.outbox / wanted, [kind for kind, _ in entries])
-        folder = _rel((self.root.outbox / wanted).parent, self.root.outbox)
-        staged: list[StagedArtifact] = []
+        images = dict(entries).get("images")
+        if images is not None and output.suffix == ".md":
+            _relink(output, images.name, names["images"])
         for kind, entry in entries:
-            if kind == "main" and "images" in names and output.suffix == ".md":
-                _relink(output, entry.with_name(_companion(output.name, "images")), names)
-            target = PurePosixPath(folder, names[kind]).as_posix()
-            staged.append(StagedArtifact(kind=kind, source=entry.name, target=target))
+            if kind == "images":
+                _fsync_tree(entry)
+            else:
+                fsync_file(entry)
+        folder = _rel((self.root.outbox / wanted).parent, self.root.outbox)
+        staged = [
+            StagedArtifact(
+                kind=kind, source=entry.name, target=PurePosixPath(folder, names[kind]).as_posix()
+            )
+            for kind, entry in entries
+        ]
         relative = staged[0].target
         sidecar.output = OutputInfo(
             path=readable(relative),
@@ -213,14 +219,14 @@ def _fsync_tree(folder: Path) -> None:
     fsync_dir(folder)
 
 
-def _relink(markdown: Path, images: Path, names: dict[str, str]) -> None:
-    """The Markdown links the pictures by its work name's folder; give it the published one."""
-    if images.name == names["images"]:
+def _relink(markdown: Path, old: str, new: str) -> None:
+    """Point the Markdown at the pictures folder's published name (it links the work name)."""
+    if old == new:
         return
     text = markdown.read_text(encoding="utf-8")
     atomic_write(
         markdown,
-        relink_figures(text, images.name, names["images"]).encode("utf-8"),
+        relink_figures(text, old, new).encode("utf-8"),
         tmp_dir=markdown.parent.parent,
     )
 

@@ -18,6 +18,7 @@ from urllib.parse import quote
 import pytest
 
 from daemon import publish
+from daemon.durable import tagged_name
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot
 from daemon.publish import Publisher
@@ -161,15 +162,19 @@ def test_a_name_at_the_length_limit_still_publishes_its_set(tmp_path: Path) -> N
     companions["images"].mkdir()
     (companions["images"] / "figure-001.png").write_bytes(b"\x89PNG")
     companions["chunks"].write_text("{}\n")
+    # The first name is taken: the set becomes ~2, its stem shorter than in work/.
+    taken = root.outbox / "to-md" / tagged_name(long_name, 1, room=10)
+    taken.parent.mkdir(parents=True, exist_ok=True)
+    taken.write_text("an older result")
     publisher.stage_success(job, main, PurePosixPath(f"to-md/{long_name}"), _sidecar())
     publisher.finish_success(job)
-    car_path = next((root.outbox / "to-md").glob("*.meta.json"))
+    car_path = next((root.outbox / "to-md").glob("*~2.md.meta.json"))
     car = json.loads(car_path.read_text())
     names = [PurePosixPath(a["path"]).parts[1] for a in car["output"]["artifacts"]]
     assert all(len(os.fsencode(name)) <= 255 for name in [*names, car_path.name])
     published = root.outbox / car["output"]["path"]
     images = names[1]
-    assert images.endswith(".images")
+    assert images.endswith("~2.images") and images != companions["images"].name
     assert f"]({quote(images, safe='')}/figure-001.png)" in published.read_text()
     for entry in car["output"]["artifacts"]:
         assert entry["sha256"] == _sha(root.outbox / entry["path"])
