@@ -245,6 +245,8 @@ def render_pdf(
     the packaged print.css when ``default_stylesheet`` is true. More than
     ``limits.max_pages`` rendered pages raise TooManyPages and no output is
     written. A PDF without any text or picture carries ``empty_output``.
+    ``options.pdf_variant`` (``pdf/a-3b``…) makes WeasyPrint write that variant's
+    metadata and structure; nothing validates it externally.
     """
     weasyprint = _import_weasyprint()
     from weasyprint.text.fonts import FontConfiguration
@@ -279,7 +281,11 @@ def render_pdf(
                 pages=pages,
                 limit=ctx.limits.max_pages,
             )
-        document.write_pdf(target=str(request.output_path))
+        variant = request.options.pdf_variant
+        if variant is None:
+            document.write_pdf(target=str(request.output_path))
+        else:
+            document.write_pdf(target=str(request.output_path), pdf_variant=variant)
     except SirError:
         raise
     except RecursionError:
@@ -289,7 +295,9 @@ def render_pdf(
     found = list(policy.warnings)
     if not pdf_has_content(request.output_path):
         found.append(WarningCode.EMPTY_OUTPUT)
-    return ConversionResult(warnings=found, pages=pages, device="cpu")
+    return ConversionResult(
+        warnings=found, pages=pages, device="cpu", pdf_variant=request.options.pdf_variant
+    )
 
 
 def warm_weasyprint() -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, get_args, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from converters.dropfolder import DropFolder
 from converters.errors import SirError
@@ -27,12 +27,15 @@ __all__ = [
     "Converter",
     "Device",
     "GpuPolicy",
+    "ImagesMode",
     "Lane",
     "Limits",
     "Route",
     "RuntimeKind",
     "WorkerContext",
+    "PDF_VARIANTS",
     "package_versions",
+    "parse_pages",
 ]
 
 Format = Literal["pdf", "md", "docx", "pptx", "xlsx", "html"]
@@ -42,6 +45,39 @@ GpuPolicy = Literal["required", "preferred", "cpu"]
 GPU_POLICIES: tuple[str, ...] = get_args(GpuPolicy)
 RuntimeKind = Literal["cuda", "rocm", "none"]
 Device = Literal["cpu", "cuda"]
+# How pictures reach Markdown: a comment, PNG files in <stem>.images/, or data: URIs.
+ImagesMode = Literal["placeholder", "referenced", "embedded"]
+# The PDF variants WeasyPrint can write (weasyprint.pdf.VARIANTS, less "debug").
+PdfVariant = Literal[
+    "pdf/a-1a", "pdf/a-1b", "pdf/a-2a", "pdf/a-2b", "pdf/a-2u", "pdf/a-3a", "pdf/a-3b",
+    "pdf/a-3u", "pdf/a-4e", "pdf/a-4f", "pdf/a-4u", "pdf/ua-1", "pdf/ua-2",
+    "pdf/x-1a", "pdf/x-3", "pdf/x-4", "pdf/x-5g",
+]  # fmt: skip
+PDF_VARIANTS: tuple[str, ...] = get_args(PdfVariant)
+MAX_PAGE_RANGES = 100
+
+
+def parse_pages(spec: str) -> list[tuple[int, int]]:
+    """``"2-5,9"`` as sorted, merged 1-based inclusive ranges; ValueError when malformed."""
+    ranges: list[tuple[int, int]] = []
+    parts = [part.strip() for part in spec.split(",")]
+    if not spec.strip() or len(parts) > MAX_PAGE_RANGES:
+        raise ValueError(f'pages must be like "2-5,9" (at most {MAX_PAGE_RANGES} ranges)')
+    for part in parts:
+        low, dash, high = part.partition("-")
+        if not low.strip().isdigit() or (dash and not high.strip().isdigit()):
+            raise ValueError(f"pages: {part[:40]!r} is not a page number or a range like 2-5")
+        first, last = int(low), int(high) if dash else int(low)
+        if first < 1 or last < first:
+            raise ValueError(f"pages: {part[:40]!r} is not a range of pages counted from 1")
+        ranges.append((first, last))
+    merged: list[tuple[int, int]] = []
+    for first, last in sorted(ranges):
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], last))
+        else:
+            merged.append((first, last))
+    return merged
 
 
 class Lane(enum.StrEnum):
@@ -85,6 +121,30 @@ class ConvertOptions(BaseModel):
     stylesheet: Path | None = None
     reference_docx: Path | None = None
     auto_ocr_min_chars_per_page: int = Field(default=32, ge=0)
+    # What a conversion publishes beside its main output (docs/routes.md, *Outputs*).
+    images: ImagesMode = "referenced"
+    max_images: int = Field(default=500, ge=0)
+    max_image_pixels: int = Field(default=25_000_000, gt=0)
+    page_markers: bool = False
+    pages: str | None = None
+    also: tuple[Literal["json", "chunks"], ...] = ()
+    pdf_variant: PdfVariant | None = None
+
+    @field_validator("pages")
+    @classmethod
+    def _pages_parse(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_pages(value)
+        return value
+
+    @field_validator("also")
+    @classmethod
+    def _also_once(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(value)))
+
+    @property
+    def page_ranges(self) -> list[tuple[int, int]] | None:
+        return parse_pages(self.pages) if self.pages is not None else None
 
 
 class AccelerationInfo(BaseModel):
@@ -120,6 +180,10 @@ class ConversionRequest:
     # Relative references (images, stylesheets) are read through it, and
     # nothing outside it may be read on behalf of the document.
     drop_folder: DropFolder
+    # Where the companions of the output go, by kind ("images", "json",
+    # "chunks"), beside output_path in the job's work folder; the daemon names
+    # them (daemon.sidecar.companion_paths) and publishes whatever is there.
+    companions: dict[str, Path] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +191,10 @@ class ConversionResult:
     warnings: list[str] = field(default_factory=list)
     pages: int | None = None
     device: Device | None = None
+    # The 1-based pages whose content is in the output, when the route knows pages.
+    pages_converted: list[int] | None = None
+    # The PDF variant the output declares, when one was asked.
+    pdf_variant: str | None = None
 
 
 def package_versions(names: Iterable[str]) -> dict[str, str]:

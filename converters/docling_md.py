@@ -12,7 +12,6 @@ from converters._docling import (
     docling_problem,
     export_markdown,
     run_docling,
-    write_markdown,
 )
 from converters.base import (
     ConversionRequest,
@@ -23,6 +22,7 @@ from converters.base import (
     package_versions,
 )
 from converters.errors import SirError
+from converters.outputs import write_outputs
 from converters.text import read_html_input
 from converters.warning_codes import WarningCode
 
@@ -118,11 +118,8 @@ class DoclingSimpleToMarkdown:
             display_name=request.input_path.name,
             limits=ctx.limits,
         )
-        written = write_markdown(
-            request.output_path,
-            export_markdown(result),
-            normalize=request.options.normalize_markdown,
-        )
+        written, output_warnings = write_outputs(result.document, request, pages=None)
+        warnings.extend(output_warnings)
         if not written.strip():
             warnings.append(WarningCode.EMPTY_OUTPUT)
         page_count = int(result.input.page_count or 0)

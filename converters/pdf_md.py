@@ -17,6 +17,10 @@ OCR (``options.ocr``):
 Tables (``options.table_mode``): TableFormer fast/accurate. When that mode's
 TableFormer artifacts are absent the job still runs, without table structure,
 and carries warning ``table_model_missing``.
+
+Pages (``options.pages``): docling runs once over the span from the first to
+the last chosen page; the outputs keep the chosen pages only. Figures, page
+markers, the JSON and the chunks come from that one pass (``converters.outputs``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ from converters._docling import (
     export_markdown,
     run_docling,
     warmup_pdf_bytes,
-    write_markdown,
 )
 from converters.base import (
     ConversionRequest,
@@ -55,6 +58,7 @@ from converters.models import (
     Artifact,
     missing_files,
 )
+from converters.outputs import chosen_pages, write_outputs
 from converters.sniff import inspect_pdf
 from converters.warning_codes import WarningCode
 
@@ -88,7 +92,9 @@ class PdfToMarkdown:
     lane = Lane.GPU
 
     def __init__(self) -> None:
-        self._converters: dict[tuple[bool, TableMode | None, str, Path], DocumentConverter] = {}
+        self._converters: dict[
+            tuple[bool, TableMode | None, bool, str, Path], DocumentConverter
+        ] = {}
 
     def versions(self) -> dict[str, str]:
         return package_versions((*DOCLING_PACKAGES, *_MODEL_PACKAGES))
@@ -129,24 +135,39 @@ class PdfToMarkdown:
         return wanted, []
 
     def _converter(
-        self, ctx: WorkerContext, models_dir: Path, *, ocr: bool, table_mode: TableMode | None
+        self,
+        ctx: WorkerContext,
+        models_dir: Path,
+        *,
+        ocr: bool,
+        table_mode: TableMode | None,
+        pictures: bool,
     ) -> DocumentConverter:
-        key = (ocr, table_mode, ctx.device, models_dir)
+        key = (ocr, table_mode, pictures, ctx.device, models_dir)
         converter = self._converters.get(key)
         if converter is None:
-            converter = build_pdf_converter(models_dir, ctx.device, ocr=ocr, table_mode=table_mode)
+            converter = build_pdf_converter(
+                models_dir, ctx.device, ocr=ocr, table_mode=table_mode, pictures=pictures
+            )
             self._converters[key] = converter
         return converter
 
     def warm(self, ctx: WorkerContext) -> None:
         """Build and run once the pipelines the default options use (OCR off and on)."""
         models_dir = self._models_dir(ctx)
-        table_mode, _ = self._table_mode(models_dir, ConvertOptions().table_mode)
+        defaults = ConvertOptions()
+        table_mode, _ = self._table_mode(models_dir, defaults.table_mode)
         data = warmup_pdf_bytes()
         for ocr in (False, True):
             if ocr and missing_files(models_dir, RAPIDOCR):
                 continue
-            converter = self._converter(ctx, models_dir, ocr=ocr, table_mode=table_mode)
+            converter = self._converter(
+                ctx,
+                models_dir,
+                ocr=ocr,
+                table_mode=table_mode,
+                pictures=defaults.images != "placeholder",
+            )
             result, _ = run_docling(
                 converter, data=data, source="pdf", display_name="warm-up PDF", limits=ctx.limits
             )
@@ -156,6 +177,7 @@ class PdfToMarkdown:
         options = request.options
         models_dir = self._models_dir(ctx)
         facts = inspect_pdf(request.input_path, ctx.limits, count_text=options.ocr == "auto")
+        pages = chosen_pages(facts.pages, options.page_ranges)
         warnings: list[str] = []
 
         ocr = options.ocr == "force"
@@ -170,22 +192,31 @@ class PdfToMarkdown:
         table_mode, table_warnings = self._table_mode(models_dir, options.table_mode)
         warnings.extend(table_warnings)
 
-        converter = self._converter(ctx, models_dir, ocr=ocr, table_mode=table_mode)
+        converter = self._converter(
+            ctx,
+            models_dir,
+            ocr=ocr,
+            table_mode=table_mode,
+            pictures=options.images != "placeholder",
+        )
         result, run_warnings = run_docling(
             converter,
             data=request.input_path.read_bytes(),
             source="pdf",
             display_name=request.input_path.name,
             limits=ctx.limits,
+            page_range=(pages[0], pages[-1]) if options.pages is not None and pages else None,
         )
         warnings.extend(run_warnings)
-        written = write_markdown(
-            request.output_path, export_markdown(result), normalize=options.normalize_markdown
+        written, output_warnings = write_outputs(
+            result.document, request, pages=pages if options.pages is not None else None
         )
+        warnings.extend(output_warnings)
         if not written.strip():
             warnings.append(WarningCode.EMPTY_OUTPUT)
         return ConversionResult(
             warnings=sorted(set(warnings)),
             pages=facts.pages,
             device=actual_device(converter) or ctx.device,
+            pages_converted=pages,
         )

@@ -26,6 +26,8 @@ class WarningCode(enum.StrEnum):
     EMPTY_OUTPUT = "empty_output"
     PARTIAL_CONVERSION = "partial_conversion"
     PDF_PAGES_SKIPPED = "pdf_pages_skipped"
+    IMAGES_LIMITED = "images_limited"
+    OPTION_IGNORED = "option_ignored"
     # how pdf → md ran
     OCR_APPLIED = "ocr_applied"
     TABLE_MODEL_MISSING = "table_model_missing"
@@ -48,6 +50,13 @@ MEANINGS: dict[WarningCode, str] = {
     WarningCode.EMPTY_OUTPUT: "the output holds no text and no picture",
     WarningCode.PARTIAL_CONVERSION: "docling converted the document only in part",
     WarningCode.PDF_PAGES_SKIPPED: "pdf2docx skipped pages it could not convert",
+    WarningCode.IMAGES_LIMITED: (
+        "pictures past max_images, or larger than max_image_pixels, are placeholders"
+    ),
+    WarningCode.OPTION_IGNORED: (
+        "an option the folder set does not apply to this route (pages on a docx, "
+        "pdf_variant on a Markdown output…) and was ignored"
+    ),
     WarningCode.OCR_APPLIED: "pdf → md ran full-page OCR (forced, or too little text layer)",
     WarningCode.TABLE_MODEL_MISSING: "the TableFormer model is missing: tables are plain text",
     WarningCode.GPU_UNAVAILABLE_RAN_ON_CPU: "gpu_policy preferred, no usable GPU: ran on the CPU",

@@ -22,6 +22,8 @@ __all__ = [
     "fit_name",
     "fsync_dir",
     "fsync_file",
+    "lexists",
+    "tagged_name",
     "unique_name",
 ]
 
@@ -122,7 +124,8 @@ def fit_name(name: str, room: int = 0) -> str:
     return _fit(stem, suffix, room) + suffix
 
 
-def _lexists(path: Path) -> bool:
+def lexists(path: Path) -> bool:
+    """Is there an entry (of any kind) at ``path``? A name too long to exist is not."""
     try:
         os.lstat(path)
     except FileNotFoundError:
@@ -134,6 +137,16 @@ def _lexists(path: Path) -> bool:
     return True
 
 
+def tagged_name(name: str, n: int, *, room: int = 0) -> str:
+    """``name`` as the n-th candidate of the collision rule: ``name`` itself for
+    n = 1, else ``stem~n.ext``; shortened so that it plus ``room`` fits NAME_MAX."""
+    if n == 1:
+        return fit_name(name, room)
+    stem, suffix = _split(name)
+    tag = f"~{n}{suffix}"
+    return _fit(stem, tag, room) + tag
+
+
 def unique_name(path: Path, *, room: int = 0) -> Path:
     """``path`` if free, else ``stem~2.ext``, ``stem~3.ext``… (the collision rule).
 
@@ -141,18 +154,9 @@ def unique_name(path: Path, *, room: int = 0) -> Path:
     Names are shortened where needed so that each, plus ``room`` bytes for a
     companion such as ``.error.json``, fits in NAME_MAX.
     """
-
-    def busy(candidate: Path) -> bool:
-        return _lexists(candidate) or _lexists(candidate.with_name(candidate.name + META_SUFFIX))
-
-    first = path.with_name(fit_name(path.name, room))
-    if not busy(first):
-        return first
-    stem, suffix = _split(path.name)
-    n = 2
+    n = 1
     while True:
-        tag = f"~{n}{suffix}"
-        candidate = path.with_name(_fit(stem, tag, room) + tag)
-        if not busy(candidate):
+        candidate = path.with_name(tagged_name(path.name, n, room=room))
+        if not (lexists(candidate) or lexists(candidate.with_name(candidate.name + META_SUFFIX))):
             return candidate
         n += 1

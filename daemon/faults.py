@@ -7,7 +7,8 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   widening the window in which a test's SIGKILL lands. Points, in the order a
   successful job passes them: ``claim`` (record written, input not yet moved),
   ``sidecar_write`` (sidecar staged, phase not yet ``publishing``),
-  ``publish_output`` (output in outbox/, sidecar not yet), ``archive`` (sidecar
+  ``publish_output`` (output in outbox/, sidecar not yet), ``publish_artifact``
+  (after each further artifact of a set: images folder, JSON, chunks), ``archive`` (sidecar
   published, input not yet archived), ``finish`` (input archived, job folder not
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
   sidecar not yet). ``dispatch`` waits (without blocking the event loop)
@@ -34,7 +35,16 @@ __all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay", "delay_seconds"]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
 POINTS = frozenset(
-    {"claim", "dispatch", "sidecar_write", "publish_output", "archive", "finish", "fail_input"}
+    {
+        "claim",
+        "dispatch",
+        "sidecar_write",
+        "publish_output",
+        "publish_artifact",
+        "archive",
+        "finish",
+        "fail_input",
+    }
 )
 
 

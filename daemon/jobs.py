@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from converters.base import ConvertOptions
     from converters.errors import SirError
 
-__all__ = ["Job", "JobRecord", "JobStore", "sha256_fd", "sha256_file"]
+__all__ = ["Job", "JobRecord", "JobStore", "StagedArtifact", "sha256_fd", "sha256_file"]
 
 log = structlog.get_logger("sir_convert_a_lot.jobs")
 
@@ -65,6 +65,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+class StagedArtifact(BaseModel):
+    """One entry of the work folder and the outbox path publishing gives it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    source: StoredPath  # its name in work/
+    target: StoredPath  # outbox-relative
+
+
 class JobRecord(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -80,6 +90,9 @@ class JobRecord(BaseModel):
     input_mtime_ns: int | None = None
     output_relative: StoredPath | None = None  # chosen outbox path, once publishing
     failed_relative: StoredPath | None = None  # chosen failed/ path, once failing
+    # Every entry to publish, the main output first, once publishing (empty in
+    # records of 0.1.x: their one output is found in work/).
+    artifacts: list[StagedArtifact] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod

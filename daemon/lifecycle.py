@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import errno
+import functools
 import os
 import shutil
 import stat
@@ -410,7 +411,15 @@ class Lifecycle:
             await self.reuse.keep(job, reply, sidecar.timings.finished_at, output)
         async with self._publish_lock:
             await asyncio.to_thread(
-                self.publisher.stage_success, job, output, resolved.output_relative, sidecar
+                functools.partial(
+                    self.publisher.stage_success,
+                    pages=reply.pages_converted,
+                    pdf_variant=reply.pdf_variant,
+                ),
+                job,
+                output,
+                resolved.output_relative,
+                sidecar,
             )
             await asyncio.to_thread(self.publisher.finish_success, job)
         self.metrics.job_finished(route, "succeeded", "")

@@ -271,6 +271,8 @@ class Reuse:
             ok=True,
             warnings=list(entry.warnings),
             pages=entry.pages,
+            pages_converted=entry.pages_converted,
+            pdf_variant=entry.pdf_variant,
             device="cuda" if entry.device == "cuda" else "cpu",
             converter=entry.converter.name,
             versions=dict(entry.converter.versions),
@@ -344,6 +346,8 @@ class Reuse:
             device=reply.device,
             warnings=list(reply.warnings),
             pages=reply.pages,
+            pages_converted=reply.pages_converted,
+            pdf_variant=reply.pdf_variant,
             convert_seconds=reply.convert_seconds,
         )
         try:

@@ -85,6 +85,10 @@ class Entry(BaseModel):
     device: str | None = None
     warnings: list[str] = Field(default_factory=list)
     pages: int | None = None
+    # The pages whose content the output holds and the PDF variant it declares
+    # (JobReply.pages_converted, JobReply.pdf_variant): the sidecar repeats them.
+    pages_converted: list[int] | None = None
+    pdf_variant: str | None = None
     convert_seconds: float | None = None
 
     @property

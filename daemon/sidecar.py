@@ -8,8 +8,10 @@ published in docs/sidecar.schema.json (``sir-convert-a-lot schema``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
@@ -27,8 +29,13 @@ __all__ = [
     "RouteInfo",
     "ServiceInfo",
     "Sidecar",
+    "ARTIFACT_SUFFIXES",
     "ERROR_SUFFIX",
     "META_SUFFIX",
+    "ArtifactInfo",
+    "ArtifactKind",
+    "artifact_kind",
+    "companion_paths",
     "Timings",
     "error_details",
 ]
@@ -37,6 +44,48 @@ __all__ = [
 # next to a failed input. Spelled here only.
 META_SUFFIX = ".meta.json"
 ERROR_SUFFIX = ".error.json"
+
+# What else a job may publish beside its main output ``<stem>.<ext>``: the
+# companions are named ``<stem><suffix>`` (``paper.images/``, ``paper.docling.json``,
+# ``paper.chunks.jsonl``). Spelled here only; workers get the paths in their request.
+ArtifactKind = Literal["main", "images", "json", "chunks"]
+ARTIFACT_SUFFIXES: dict[str, str] = {
+    "images": ".images",
+    "json": ".docling.json",
+    "chunks": ".chunks.jsonl",
+}
+
+
+def _stem(name: str) -> str:
+    """The stem companions of ``name`` share in the work folder: the name less
+    its extension, shortened (whole characters) so the longest companion fits
+    NAME_MAX. Publishing picks the outbox names afresh (daemon.publish)."""
+    from daemon.durable import NAME_MAX  # durable imports this module
+
+    dot = name.rfind(".")
+    stem = name[:dot] if dot > 0 else name
+    longest = max(len(suffix) for suffix in ARTIFACT_SUFFIXES.values())
+    while stem and len(os.fsencode(stem)) + longest > NAME_MAX:
+        stem = stem[:-1]
+    return stem
+
+
+def companion_paths(output: Path) -> dict[str, Path]:
+    """Where the companions of ``output`` go, by kind, in the same folder."""
+    stem = _stem(output.name)
+    return {kind: output.with_name(stem + suffix) for kind, suffix in ARTIFACT_SUFFIXES.items()}
+
+
+def artifact_kind(name: str, main: str) -> str | None:
+    """The kind of the entry ``name`` beside the main output ``main`` (None: not one of ours)."""
+    if name == main:
+        return "main"
+    stem = _stem(main)
+    for kind, suffix in ARTIFACT_SUFFIXES.items():
+        if name == stem + suffix:
+            return kind
+    return None
+
 
 SCHEMA_VERSION = 1
 # The most an error's details may take in a sidecar, as compact JSON.
@@ -68,6 +117,25 @@ class InputInfo(_Strict):
     pages: int | None = None
 
 
+class ArtifactInfo(_Strict):
+    """One published file (a folder such as ``<stem>.images/`` lists each file in it)."""
+
+    kind: ArtifactKind = Field(
+        description="main (the converted document), images (a picture crop), json (the "
+        "DoclingDocument), chunks (one chunk a line)"
+    )
+    path: str = Field(
+        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
+        "shown as U+FFFD"
+    )
+    path_b64: str | None = Field(
+        default=None,
+        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
+    )
+    sha256: str
+    size_bytes: int
+
+
 class OutputInfo(_Strict):
     path: str = Field(
         description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
@@ -79,6 +147,25 @@ class OutputInfo(_Strict):
     )
     sha256: str
     size_bytes: int
+    artifacts: list[ArtifactInfo] = Field(
+        default_factory=list,
+        description="every published file of the job, the main output first; all are in "
+        "place before the sidecar is",
+    )
+    pages: list[int] | None = Field(
+        default=None,
+        description="the page numbers (1-based) whose content the output holds, when the "
+        "route knows pages",
+    )
+    pdf_variant: str | None = Field(
+        default=None,
+        description="the PDF variant the output declares (e.g. pdf/a-3b), when one was asked",
+    )
+    pdf_variant_validated: bool | None = Field(
+        default=None,
+        description="false: the variant is declared by WeasyPrint but no external validator "
+        "checked it",
+    )
 
 
 class ConverterInfo(_Strict):

@@ -146,6 +146,12 @@ class JobReply(_Message):
     retryable: bool = False
     warnings: list[str] = Field(default_factory=list)
     pages: int | None = None
+    # The files the job wrote into its work folder (names, the main output
+    # first, then its companions: daemon.sidecar.companion_paths), the pages
+    # whose content the output holds, and the PDF variant it declares.
+    files: list[str] = Field(default_factory=list)
+    pages_converted: list[int] | None = None
+    pdf_variant: str | None = None
     device: Device | None = None
     converter: str | None = None
     versions: dict[str, str] = Field(default_factory=dict)

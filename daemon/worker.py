@@ -167,9 +167,12 @@ def main() -> int:
         WorkerContext,
     )
     from converters.errors import ConverterFailed, SirError
+    from converters.outputs import ignored_options
     from converters.registry import default_registry
     from converters.sniff import check_input
+    from converters.warning_codes import WarningCode
     from daemon.errors import ResourceLimitExceeded
+    from daemon.sidecar import companion_paths
 
     hello = decode(sys.stdin.buffer.readline(), Hello)
     _limit_data(hello.data_limit_mb)
@@ -258,14 +261,26 @@ def main() -> int:
                 output_path=Path(job.output_path),
                 options=job.options,
                 drop_folder=drop_folder,
+                companions=companion_paths(Path(job.output_path)),
             )
             result = conv.convert(request, ctx)
             if not request.output_path.is_file():
                 raise ConverterFailed(f"{conv.name} reported success but wrote no output")
+            ignored = ignored_options(conv.route, job.options)
             reply = JobReply(
                 ok=True,
-                warnings=sorted(set(lane_warnings + result.warnings)),
+                warnings=sorted(
+                    set(lane_warnings + result.warnings)
+                    | ({WarningCode.OPTION_IGNORED} if ignored else set())
+                ),
                 pages=result.pages,
+                files=[
+                    path.name
+                    for path in (request.output_path, *request.companions.values())
+                    if path.exists()
+                ],
+                pages_converted=result.pages_converted,
+                pdf_variant=result.pdf_variant,
                 device=result.device or ctx.device,
                 converter=conv.name,
                 versions=versions.get(str(conv.route), {}),

@@ -22,7 +22,7 @@ from ops.bench_lib.report import render, targets
 __all__ = ["SCHEMA", "build_parser", "main"]
 
 SCHEMA = "sir-convert-a-lot-bench/1"
-SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "reuse")
+SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "reuse", "outputs")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -140,6 +140,10 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
         from ops.bench_lib.reuse import measure_reuse
 
         attempt("reuse", lambda: measure_reuse(bench))
+    if "outputs" in sections:  # only with --only outputs: not in any mode's sections
+        from ops.bench_lib.outputs import measure_outputs
+
+        attempt("outputs", lambda: measure_outputs(bench))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ def _serve(proto: IO[str]) -> int:
     from converters.base import ConversionRequest, ConvertOptions, Limits, WorkerContext
     from converters.dropfolder import DropFolder
     from converters.registry import default_registry
+    from daemon.sidecar import companion_paths
 
     hello = json.loads(sys.stdin.readline())
     models = Path(hello["models_dir"]) if hello.get("models_dir") else None
@@ -53,11 +54,13 @@ def _serve(proto: IO[str]) -> int:
             source = Path(name)
             try:
                 with DropFolder.open(source.parent) as drop_folder:
+                    output = out_dir / f"{source.stem}.{hello['target']}"
                     request = ConversionRequest(
                         input_path=source,
-                        output_path=out_dir / f"{source.stem}.{hello['target']}",
+                        output_path=output,
                         options=options,
                         drop_folder=drop_folder,
+                        companions=companion_paths(output),  # as the daemon's worker
                     )
                     converter.convert(request, ctx)
             except Exception:

@@ -248,6 +248,17 @@ def _tables(report: dict[str, Any]) -> list[Table]:
                 rows,
             )
         )
+    outputs = results.get("outputs")
+    if outputs:
+        from ops.bench_lib.outputs import rows as output_rows
+
+        tables.append(
+            (
+                f"Output options, pdf → md ({outputs['pages']} pages, {outputs['rounds']} rounds)",
+                ["options", "best s", "median s", "best vs placeholder"],
+                output_rows(outputs),
+            )
+        )
     tgt = report.get("targets") or []
     if tgt:
         rows = [

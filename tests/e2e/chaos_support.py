@@ -128,10 +128,15 @@ def _docx_bytes(text: str) -> bytes:
     import io
 
     import docx
+    from PIL import Image
 
+    picture = io.BytesIO()
+    Image.new("RGB", (40, 30), "teal").save(picture, format="PNG")
+    picture.seek(0)
     document = docx.Document()
     document.add_heading(text, level=1)
     document.add_paragraph(f"Body of {text}.")
+    document.add_picture(picture)  # to-md publishes it as <stem>.images/figure-001.png
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
@@ -245,7 +250,11 @@ def audit(root: Path, originals: dict[str, str]) -> Audit:
     tmp = list((root / ".state" / "tmp").iterdir())
     if tmp:
         problems.append(f"temp files left in .state/tmp: {tmp}")
-    inbox_left = [str(p.relative_to(root / "inbox")) for p in _files(root / "inbox")]
+    inbox_left = [
+        str(p.relative_to(root / "inbox"))
+        for p in _files(root / "inbox")
+        if p.name != ".sir-convert-a-lot.toml"  # options files stay
+    ]
     if inbox_left:
         problems.append(f"inputs still in the inbox: {inbox_left}")
 
@@ -254,7 +263,17 @@ def audit(root: Path, originals: dict[str, str]) -> Audit:
         if name.endswith(".tmp") or ".tmp" in Path(name).suffixes or "staging" in name:
             problems.append(f"temporary file in outbox: {name}")
     sidecars = {n for n in outputs if n.endswith(".meta.json")}
-    results = outputs - sidecars
+    # Companions (pictures, JSON, chunks) count as part of the sidecar that lists them.
+    companions: dict[str, dict[str, Any]] = {}
+    for name in sidecars:
+        for entry in json.loads((outbox / name).read_text())["output"].get("artifacts", [])[1:]:
+            companions[entry["path"]] = entry
+    for name, entry in sorted(companions.items()):
+        if name not in outputs:
+            problems.append(f"a sidecar lists {name}, which is not there")
+        elif entry["sha256"] != sha(outbox / name):
+            problems.append(f"{name}: sha256 differs from its sidecar's")
+    results = outputs - sidecars - set(companions)
     for name in sorted(results):
         if f"{name}.meta.json" not in sidecars:
             problems.append(f"output without sidecar: {name}")

@@ -35,6 +35,7 @@ DELAYS = {
     "claim": 0.02,
     "sidecar_write": 0.02,
     "publish_output": 0.03,
+    "publish_artifact": 0.02,
     "archive": 0.03,
     "finish": 0.02,
 }
@@ -147,6 +148,10 @@ def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> 
     rng.shuffle(pending)
     for folder in ("to-md", "to-pdf", "to-docx"):
         (daemon.inbox / folder).mkdir(parents=True)
+    # Every to-md job publishes a set: Markdown, JSON, chunks (and pictures for docx).
+    (daemon.inbox / "to-md" / ".sir-convert-a-lot.toml").write_text(
+        '[options]\nalso = ["json", "chunks"]\n'
+    )
 
     plan = [ROUND[i % len(ROUND)] for i in range(kills)]
     rng.shuffle(plan)
@@ -208,3 +213,51 @@ def test_sigkill_chaos_accounts_for_every_input_exactly_once(tmp_path: Path) -> 
     assert not unexpected, f"inputs failed for reasons other than the crashes: {unexpected}"
     # The steps that matter were each interrupted at least once.
     assert {"claim", "conversion", "publish", "archive"} <= set(hit), report
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not long_mode(), reason="long mode: SIR_CONVERT_A_LOT_TEST_LONG=1")
+@pytest.mark.timeout(300)
+def test_sigkill_while_a_set_is_published_leaves_all_or_nothing(tmp_path: Path) -> None:
+    """Killed between two artifacts of a set: nothing is committed (no sidecar)
+    until the restart completes the set; then every listed file is there, once."""
+    daemon = FaultyDaemon(tmp_path, faults={"delay": {"publish_artifact": 30}})
+    folder = daemon.inbox / "to-md"
+    folder.mkdir(parents=True)
+    (folder / ".sir-convert-a-lot.toml").write_text('[options]\nalso = ["json", "chunks"]\n')
+    staging = tmp_path / "staging"
+    originals = make_inputs(staging, 5, seed=7)
+    # make_inputs: every fifth document is a docx for to-md (maybe in a subfolder)
+    relative = next(rel for rel in originals if rel.endswith("doc-0004.docx"))
+    published = relative[: -len(".docx")] + ".md"
+    try:
+        daemon.start(wait_ready=False)
+        _drop(staging, daemon.inbox, [relative])
+        outbox = (daemon.outbox / published).parent
+        deadline = time.monotonic() + 120
+        while not (outbox / "doc-0004.md").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert (outbox / "doc-0004.md").exists(), daemon.tail()
+        _kill_and_reap(daemon)
+        assert not (outbox / "doc-0004.md.meta.json").exists()  # not committed
+        assert phases(daemon.root) == {"publish"}
+
+        daemon.extra_env.pop("SIR_CONVERT_A_LOT_FAULTS")
+        daemon.start(wait_ready=False)
+        car = daemon.sidecar(published)
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+    kinds = sorted(entry["kind"] for entry in car["output"]["artifacts"])
+    assert kinds == ["chunks", "images", "json", "main"], car["output"]
+    assert car["attempts"] == 1  # completed by recovery, not converted again
+    result = audit(daemon.root, {relative: originals[relative]})
+    assert not result.problems, result.problems
+    assert sorted(p.name for p in outbox.iterdir()) == [
+        "doc-0004.chunks.jsonl",
+        "doc-0004.docling.json",
+        "doc-0004.images",
+        "doc-0004.md",
+        "doc-0004.md.meta.json",
+    ]

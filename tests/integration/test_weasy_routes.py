@@ -591,3 +591,35 @@ def test_an_html_page_without_anything_to_show_is_flagged(tmp_path: Path) -> Non
     result = _convert(HtmlToPdf(), source, tmp_path, out)
     assert out.read_bytes().startswith(b"%PDF-")
     assert result.warnings == ["empty_output"]
+
+
+@pytest.mark.parametrize("variant", ["pdf/a-3b", "pdf/a-2b"])
+def test_pdf_variant_is_declared_in_the_output_metadata(tmp_path: Path, variant: str) -> None:
+    """PDF/A: the XMP metadata names the part and conformance (not externally validated)."""
+    source = tmp_path / "invoice.md"
+    source.write_text("# Invoice 42\n\nTotal: 10 EUR.\n")
+    out = tmp_path / "invoice.pdf"
+    result = _convert(
+        MarkdownToPdf(), source, tmp_path, out, options=ConvertOptions(pdf_variant=variant)
+    )
+    assert result.pdf_variant == variant
+    part, conformance = variant.removeprefix("pdf/a-")[0], variant[-1].upper()
+    xmp = _xmp(out.read_bytes())
+    assert f'pdfaid:part="{part}"'.encode() in xmp
+    assert f'pdfaid:conformance="{conformance}"'.encode() in xmp
+    assert "Invoice 42" in _pdf_text(out)
+
+
+def _xmp(pdf: bytes) -> bytes:
+    """The XMP metadata packet of a PDF (WeasyPrint compresses its streams)."""
+    import re
+    import zlib
+
+    for match in re.finditer(rb"stream\r?\n(.*?)endstream", pdf, re.S):
+        try:
+            data = zlib.decompress(match.group(1))
+        except zlib.error:
+            data = match.group(1)
+        if b"<x:xmpmeta" in data:
+            return data
+    raise AssertionError("the PDF has no XMP metadata")
