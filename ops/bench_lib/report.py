@@ -37,6 +37,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if html and "weasyprint_cli_per_file" in html["speedup"]:
         x = html["speedup"]["weasyprint_cli_per_file"]
         out.append(_t("small html->pdf vs weasyprint CLI per file", ">= 10x", x, x >= 10))
+    md = _find(throughput, "md_small", "md->docx")
+    if md and "pandoc_cli_per_file" in md["speedup"]:
+        x = md["speedup"]["pandoc_cli_per_file"]
+        out.append(
+            _t("small md->docx vs pandoc CLI per file, same parallelism", ">= 1.5x", x, x >= 1.5)
+        )
     for entry in throughput:
         ratio = entry.get("overhead_ratio")
         if ratio is not None:

@@ -169,7 +169,10 @@ def measure_throughput(
     runner = _Runner(bench, daemon, observer)
     out: list[dict[str, Any]] = []
     for c in COMPARISONS:
-        if c.medium and not plan.medium:
+        if bench.comparisons:
+            if c.key not in bench.comparisons:
+                continue
+        elif c.medium and not plan.medium:
             continue
         count = plan.pdf_files if c.slow else plan.daemon_files
         parallel = runner.workers[c.lane]
