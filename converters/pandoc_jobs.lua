@@ -8,6 +8,7 @@
 --   -> {"op": "docx", "reader": "markdown"|"html", "size": N[, "reference_doc": P]} + text
 --   <- {"images": [src, ...]}                     every distinct image source, in order
 --   -> {"media": [{"ok": true, "size": N, "mime": M, "ext": E} | {"ok": false}, ...]} + bytes
+--      (these two only when the document has images)
 --   <- {"ok": true, "size": N} + the .docx         or {"ok": false, "error": "..."}
 --
 --   -> {"op": "html", "size": N, "fallback_title": T} + markdown
@@ -62,23 +63,31 @@ local function image_sources(doc)
   return sources
 end
 
-local function docx_job(job, text)
-  local doc = pandoc.read(text, job.reader, {}, NO_FILES)
-  local sources = image_sources(doc)
+local function vetted_media(sources)
+  if #sources == 0 then
+    return {} -- nothing to ask: one round trip fewer
+  end
   send({ images = sources })
   local answer = receive()
   if answer == nil then
     error("the daemon closed the pipe mid-job")
   end
+  return answer.media
+end
+
+local function docx_job(job, text)
+  local doc = pandoc.read(text, job.reader, {}, NO_FILES)
+  local sources = image_sources(doc)
+  local media = vetted_media(sources)
   local bodies = {}
-  for index, item in ipairs(answer.media) do
+  for index, item in ipairs(media) do
     if item.ok then
       bodies[index] = read_bytes(item.size)
     end
   end
   pandoc.mediabag.empty()
   local vetted = {}
-  for index, item in ipairs(answer.media) do
+  for index, item in ipairs(media) do
     if item.ok then
       local key = "sir-media/" .. index .. item.ext
       pandoc.mediabag.insert(key, item.mime, bodies[index])

@@ -255,7 +255,9 @@ class ResidentPandoc:
             if reference_doc is not None:
                 job["reference_doc"] = str(reference_doc)
             self._send(proc, job, data)
-            header, _ = self._receive(proc)
+            header, body = self._receive(proc)
+            if "images" not in header:
+                return body  # no image in the document: the answer came at once
             media: list[dict[str, Any]] = []
             bodies: list[bytes] = []
             for src in header["images"]:

@@ -12,6 +12,7 @@ document.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import os
 import threading
@@ -219,3 +220,24 @@ def test_a_picture_over_the_size_cap_is_left_out(job: tuple[Path, Path]) -> None
 
     assert _media(out) == []
     assert result.warnings == ["resource_too_large"]
+
+
+def test_data_urls_are_embedded_up_to_their_limit(job: tuple[Path, Path], tmp_path: Path) -> None:
+    drop, state = job
+    small = make_png(tmp_path / "small.png", (4, 4)).read_bytes()
+    big = make_png(tmp_path / "big.png", (300, 300)).read_bytes()
+
+    def data_url(data: bytes) -> str:
+        return "data:image/png;base64," + base64.b64encode(data).decode()
+
+    assert len(data_url(small)) < 500 < len(data_url(big))
+    source = state / "inline.html"
+    source.write_text(
+        f"<h1>Inline</h1><img src='{data_url(small)}'><img src='{data_url(big)}'>",
+        encoding="utf-8",
+    )
+    out = state / "out.docx"
+    result = _convert(drop, source, out, limits=Limits(max_data_url_bytes=500))
+
+    assert _media(out) == [small]
+    assert result.warnings == ["data_url_too_large"]

@@ -98,3 +98,19 @@ def test_text_counts_as_content(tmp_path: Path) -> None:
     result = _convert(MarkdownToDocx(), source, out)
     assert docx_has_content(out)
     assert result.warnings == []
+
+
+def test_a_reference_docx_styles_the_output(tmp_path: Path) -> None:
+    import docx
+
+    reference = docx.Document()
+    reference.styles["Heading 1"].font.name = "Courier New"
+    reference.save(str(tmp_path / "house.docx"))
+    source = tmp_path / "memo.md"
+    source.write_text("# Memo\n\nBody.\n", encoding="utf-8")
+    out = tmp_path / "out.docx"
+    options = ConvertOptions(reference_docx=tmp_path / "house.docx")
+    with DropFolder.open(tmp_path) as folder:
+        MarkdownToDocx().convert(ConversionRequest(source, out, options, folder), CTX)
+    with zipfile.ZipFile(out) as zf:
+        assert "Courier New" in zf.read("word/styles.xml").decode("utf-8")
