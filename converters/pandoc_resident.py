@@ -75,7 +75,6 @@ class ResidentPandoc:
         self._proc: subprocess.Popen[bytes] | None = None
         self._out = bytearray()
         self._err = bytearray()
-        self._workdir: str | None = None
         self._deadline = 0.0
         self.starts = 0  # how many processes were started (tests, metrics)
 
@@ -86,8 +85,6 @@ class ResidentPandoc:
         return self._proc.pid if self._proc is not None else None
 
     def _start(self) -> subprocess.Popen[bytes]:
-        if self._workdir is None:
-            self._workdir = tempfile.mkdtemp(prefix="sir-pandoc-")  # empty, never read
         cmd = [
             _pandoc.pandoc_path(),
             "+RTS",
@@ -98,15 +95,18 @@ class ResidentPandoc:
             _script(),
         ]
         # Same process group as the worker: killing the worker's group (its
-        # time-out, the daemon's death) ends this pandoc too.
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=self._workdir,
-            env={"LANG": "C.UTF-8"},
-        )
+        # time-out, the daemon's death) ends this pandoc too. Its working
+        # directory is an empty folder removed once pandoc started: a relative
+        # path resolves nowhere.
+        with tempfile.TemporaryDirectory(prefix="sir-pandoc-") as nowhere:
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=nowhere,
+                env={"LANG": "C.UTF-8"},
+            )
         for pipe in (proc.stdin, proc.stdout, proc.stderr):
             assert pipe is not None
             os.set_blocking(pipe.fileno(), False)
