@@ -4,8 +4,8 @@ images of the drop folder under the PDF routes' rules, and nothing else.
 As the worker runs it: the document is the job's copy (outside the drop
 folder), the drop folder a pinned descriptor. A secret outside the drop folder
 is named every way a document can name it (``../``, an absolute path, a
-``file:`` URL, a symbolic link and a hard link inside the folder, a picture in
-the front-matter title); its bytes must never land in the .docx, although
+``file:`` URL, a symbolic link, a hard link and a linked subfolder inside the
+folder, a picture in the front-matter title); its bytes must never land in the .docx, although
 pandoc's docx writer, unlike its reader, would read any path left in the
 document.
 """
@@ -127,6 +127,7 @@ def test_a_secret_outside_the_drop_folder_never_lands_in_the_docx(
     secret_text.write_text("TOP-SECRET-MARK\n", encoding="utf-8")
     (drop / "link.png").symlink_to(secret)  # a link inside the folder pointing out
     os.link(secret, drop / "hard.png")  # a second name of the secret inside the folder
+    (drop / "sub").symlink_to(tmp_path)  # a folder link on the way
     make_png(drop / "inside.png", (5, 5))
     source = state / "leak.md"
     source.write_text(
@@ -137,7 +138,7 @@ def test_a_secret_outside_the_drop_folder_never_lands_in_the_docx(
         "![up](../secret.png) ![abs]("
         f"{secret}) ![url](file://{secret}) ![text](../secret.txt) "
         f"![abs text]({secret_text})\n\n"
-        "![link](link.png) ![hard](hard.png) ![ok](inside.png)\n",
+        "![link](link.png) ![hard](hard.png) ![via](sub/secret.png) ![ok](inside.png)\n",
         encoding="utf-8",
     )
     out = state / "out.docx"
