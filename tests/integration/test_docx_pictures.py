@@ -242,3 +242,24 @@ def test_data_urls_are_embedded_up_to_their_limit(job: tuple[Path, Path], tmp_pa
 
     assert _media(out) == [small]
     assert result.warnings == ["data_url_too_large"]
+
+
+def test_html_frames_and_objects_load_nothing(job: tuple[Path, Path], tmp_path: Path) -> None:
+    drop, state = job
+    secret = tmp_path / "secret.html"
+    secret.write_text("<p>FRAME-SECRET-MARK</p>", encoding="utf-8")
+    picture = make_png(tmp_path / "secret.png", (9, 9))
+    source = state / "frames.html"
+    source.write_text(
+        f"<h1>Frames</h1><iframe src='{secret}'></iframe><iframe src='../secret.html'></iframe>"
+        f"<object data='{picture}'></object><embed src='{picture}'>"
+        f"<video poster='{picture}' src='{picture}'></video><img srcset='{picture} 1x'>",
+        encoding="utf-8",
+    )
+    out = state / "out.docx"
+    _convert(drop, source, out)
+
+    everything = _all_bytes(out)
+    assert b"FRAME-SECRET-MARK" not in everything
+    assert picture.read_bytes() not in everything
+    assert "Frames" in _docx_text(out)
