@@ -1,43 +1,20 @@
 """WeasyPrint plumbing shared by md→pdf and html→pdf.
 
-Two things live here: a resource policy that decides what a document may load
-(``ResourcePolicy``, plain Python, no WeasyPrint import) and the render helper
-that wires the policy into WeasyPrint as its URL fetcher.
-
-What a document may load:
-
-* Files in its drop folder, and nothing else on disk. WeasyPrint never sees a
-  real path: the document is rendered from text we read ourselves, with the
-  synthetic base URL ``DROP_BASE_URL``; a ``file:`` URL under it names a path
-  relative to the drop folder, which is read through the pinned descriptor
-  (``converters.dropfolder``: no symbolic link on the way, a regular file with
-  one link, size-capped). Every other ``file:`` URL (``file:///etc/passwd``,
-  ``../x`` that climbed out of the base) is refused: ``local_resource_blocked``.
-  A file that does not exist: ``resource_missing``; one larger than
-  ``limits.max_input_bytes``: ``resource_too_large``.
-* ``data:`` URLs up to ``limits.max_data_url_bytes`` (length of the URL text).
-  Larger ones: warning ``data_url_too_large``.
-* Every other scheme (http, https, ftp, ...): warning ``remote_resource_blocked``.
-  The fetcher never opens a socket.
-* Raster images whose width x height exceeds ``limits.max_pixels`` are refused
-  with warning ``image_too_large`` (read from the image header; nothing is
-  decoded). The job still succeeds, without that image.
-
-A refused resource makes WeasyPrint skip it; the conversion still succeeds and
-the warning codes (deduplicated) land in ``ConversionResult.warnings``.
+The render helper wires ``converters.resource_policy.ResourcePolicy`` (what a
+document may load: its drop folder only, no network, size and pixel caps) into
+WeasyPrint as its URL fetcher. WeasyPrint never sees a real path: the document
+is rendered from text we read ourselves, with the synthetic base URL
+``DROP_BASE_URL``. A refused resource makes WeasyPrint skip it; the conversion
+still succeeds and the warning codes land in ``ConversionResult.warnings``.
 """
 
 from __future__ import annotations
 
-import base64
 import functools
 import io
-import mimetypes
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
-from urllib.parse import unquote, unquote_to_bytes, urlsplit
+from typing import Any
 
 from converters.base import (
     ConversionRequest,
@@ -46,7 +23,6 @@ from converters.base import (
     WorkerContext,
     package_versions,
 )
-from converters.dropfolder import DropFolder, ResourceUnavailable
 from converters.errors import (
     ConverterFailed,
     DependencyMissing,
@@ -54,117 +30,17 @@ from converters.errors import (
     SirError,
     TooManyPages,
 )
-from converters.office_media import PixelBomb, header_size
 from converters.output_check import pdf_has_content
+from converters.resource_policy import DROP_BASE_URL, ResourcePolicy
 from converters.warning_codes import WarningCode
 
 __all__ = [
-    "DROP_BASE_URL",
-    "ResourcePolicy",
-    "ResourceRefused",
     "default_stylesheet_text",
     "render_pdf",
     "warm_weasyprint",
     "weasyprint_problems",
     "weasyprint_version",
 ]
-
-# The drop folder as WeasyPrint sees it. No such folder exists, and none is ever
-# opened by this name: URLs under it are mapped to paths relative to the pinned
-# drop folder descriptor.
-DROP_BASE_URL = "file:///sir-convert-a-lot-drop/"
-_DROP_PREFIX = urlsplit(DROP_BASE_URL).path
-
-_TEXT_LIKE = ("text/", "image/svg", "application/xml", "application/xhtml")
-
-
-class ResourceRefused(ValueError):
-    """A resource the policy refuses; WeasyPrint logs it and renders without it."""
-
-
-@dataclass
-class ResourcePolicy:
-    """Decides and performs every resource load on behalf of one document."""
-
-    drop_folder: DropFolder
-    limits: Limits
-    warnings: list[str] = field(default_factory=list)
-
-    def warn(self, code: WarningCode) -> None:
-        if code not in self.warnings:
-            self.warnings.append(code)
-
-    def refuse(self, code: WarningCode, message: str) -> NoReturn:
-        self.warn(code)
-        raise ResourceRefused(f"{code}: {message}")
-
-    def load(self, url: str) -> tuple[bytes, str, str]:
-        """Return ``(body, content_type, url)`` for an absolute URL, or refuse it."""
-        scheme, sep, _ = url.partition(":")
-        scheme = scheme.lower() if sep else ""
-        if not scheme:
-            self.refuse(
-                WarningCode.LOCAL_RESOURCE_BLOCKED, f"relative URL without a base: {url[:200]}"
-            )
-        if scheme == "data":
-            body, mime = self._load_data_url(url)
-        elif scheme == "file":
-            body, mime = self._load_file_url(url)
-        else:
-            self.refuse(WarningCode.REMOTE_RESOURCE_BLOCKED, f"not fetched: {url[:200]}")
-        self._check_image(body, mime)
-        return body, mime, url
-
-    def _load_data_url(self, url: str) -> tuple[bytes, str]:
-        if len(url) > self.limits.max_data_url_bytes:
-            self.refuse(
-                WarningCode.DATA_URL_TOO_LARGE,
-                f"{len(url)} bytes > {self.limits.max_data_url_bytes}",
-            )
-        header, comma, payload = url[len("data:") :].partition(",")
-        if not comma:
-            raise ResourceRefused("malformed data: URL")
-        params = [p.strip() for p in header.split(";")]
-        is_base64 = bool(params) and params[-1].lower() == "base64"
-        if is_base64:
-            params.pop()
-        mime = ";".join(params) if params and params[0] else "text/plain;charset=US-ASCII"
-        raw = unquote_to_bytes(payload)
-        body = base64.decodebytes(raw) if is_base64 else raw
-        return body, mime
-
-    def _load_file_url(self, url: str) -> tuple[bytes, str]:
-        parts = urlsplit(url)
-        if parts.netloc not in ("", "localhost"):
-            self.refuse(WarningCode.REMOTE_RESOURCE_BLOCKED, f"file URL on host {parts.netloc!r}")
-        if not parts.path.startswith(_DROP_PREFIX):
-            self.refuse(
-                WarningCode.LOCAL_RESOURCE_BLOCKED, f"outside the drop folder: {parts.path[:200]}"
-            )
-        # Percent-escapes name the bytes of the file name, as the file system has them.
-        relative = unquote(parts.path[len(_DROP_PREFIX) :], errors="surrogateescape")
-        try:
-            body = self.drop_folder.read(relative, max_bytes=self.limits.max_input_bytes)
-        except ResourceUnavailable as exc:
-            self.refuse(exc.code, exc.message)
-        mime = mimetypes.guess_type(relative)[0] or "application/octet-stream"
-        return body, mime
-
-    def _check_image(self, body: bytes, mime: str) -> None:
-        """Refuse raster images over the pixel limit, reading only their header."""
-        if mime.startswith(_TEXT_LIKE):
-            return
-        try:
-            size = header_size(body)
-        except PixelBomb:
-            self.refuse(WarningCode.IMAGE_TOO_LARGE, "image over Pillow's bomb threshold")
-        if size is None:
-            return  # not a raster image Pillow knows; WeasyPrint decides
-        width, height = size
-        if width * height > self.limits.max_pixels:
-            self.refuse(
-                WarningCode.IMAGE_TOO_LARGE, f"{width}x{height} pixels > {self.limits.max_pixels}"
-            )
 
 
 @functools.cache

@@ -16,4 +16,4 @@ class HtmlToDocx(MarkdownToDocx):
         return {"pandoc": pandoc_version()}
 
     def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
-        return pandoc_to_docx(request, "html")
+        return pandoc_to_docx(request, ctx, "html")

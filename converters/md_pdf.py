@@ -7,10 +7,7 @@ name stem. Resources the document references go through the confined fetcher in
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
-from converters._pandoc import pandoc_version, run_pandoc
+from converters._pandoc import pandoc_version
 from converters._weasy import render_pdf, warm_weasyprint, weasyprint_problems, weasyprint_version
 from converters.base import (
     ConversionRequest,
@@ -20,59 +17,17 @@ from converters.base import (
     WorkerContext,
 )
 from converters.errors import DependencyMissing, SirError
+from converters.pandoc_resident import shared_pandoc
 from converters.text import read_text_input
 
 __all__ = ["MarkdownToPdf", "markdown_to_html"]
 
-# Sets ``pagetitle`` (the HTML <title>, hence the PDF title) when the document has
-# no ``title``: first heading, else the fallback passed in as metadata. Using
-# pagetitle rather than title avoids repeating the heading as a title block.
-_TITLE_FILTER = """
-function Pandoc(doc)
-  local fallback = doc.meta["sir-fallback-title"]
-  doc.meta["sir-fallback-title"] = nil
-  if doc.meta.title == nil and doc.meta.pagetitle == nil then
-    local found = nil
-    for _, block in ipairs(doc.blocks) do
-      if block.t == "Header" then
-        found = pandoc.utils.stringify(block.content)
-        break
-      end
-    end
-    if found == nil or found == "" then
-      found = pandoc.utils.stringify(fallback or "")
-    end
-    doc.meta.pagetitle = found
-  end
-  return doc
-end
-"""
 
-
-def markdown_to_html(input_path: Path, fallback_title: str) -> str:
-    """Pandoc (sandboxed) markdown → standalone HTML5 with a <title>, as text."""
-    with tempfile.TemporaryDirectory(prefix="sir-md-pdf-") as tmp:
-        workdir = Path(tmp)
-        lua = workdir / "title.lua"
-        lua.write_text(_TITLE_FILTER, encoding="utf-8")
-        out = workdir / "document.html"
-        run_pandoc(
-            [
-                "-f",
-                "markdown",
-                "-t",
-                "html5",
-                "--standalone",
-                "--metadata=document-css=false",
-                f"--metadata=sir-fallback-title:{fallback_title or 'document'}",
-                f"--lua-filter={lua}",
-                "-o",
-                str(out),
-                str(input_path),
-            ],
-            cwd=input_path.parent,
-        )
-        return out.read_text(encoding="utf-8")
+def markdown_to_html(text: str, fallback_title: str) -> str:
+    """Markdown → standalone HTML5 with a <title>, by the worker's resident pandoc
+    (its reader sandboxed). The title is the front-matter ``title``, else the
+    first heading, else ``fallback_title``."""
+    return shared_pandoc().to_html(text, fallback_title or "document")
 
 
 class MarkdownToPdf:
@@ -95,9 +50,10 @@ class MarkdownToPdf:
 
     def warm(self, ctx: WorkerContext) -> None:
         pandoc_version()
+        shared_pandoc().warm()
         warm_weasyprint()
 
     def convert(self, request: ConversionRequest, ctx: WorkerContext) -> ConversionResult:
-        read_text_input(request.input_path)  # invalid UTF-8 → UnsupportedContent
-        html = markdown_to_html(request.input_path, request.input_path.stem)
+        text = read_text_input(request.input_path)  # invalid UTF-8 → UnsupportedContent
+        html = markdown_to_html(text, request.input_path.stem)
         return render_pdf(request, ctx, html_string=html, default_stylesheet=True)

@@ -39,8 +39,7 @@ class WarningCode(enum.StrEnum):
 MEANINGS: dict[WarningCode, str] = {
     WarningCode.LOCAL_RESOURCE_BLOCKED: (
         "a file the document references was not loaded: outside the drop folder, "
-        "reached through a symbolic link, hard-linked, not a regular file, or "
-        "(docx routes) not embedded by pandoc's sandbox"
+        "reached through a symbolic link, hard-linked, or not a regular file"
     ),
     WarningCode.REMOTE_RESOURCE_BLOCKED: "a network URL the document references was not fetched",
     WarningCode.RESOURCE_MISSING: "a file the document references is not in the drop folder",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         kind = Path(str(item.fspath)).parent.name
         if kind in {"unit", "integration", "e2e"}:
             item.add_marker(getattr(pytest.mark, kind))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _stop_the_resident_pandoc() -> Iterator[None]:
+    """Routes called in this process share one resident pandoc: stop it at the end."""
+    yield
+    from converters.pandoc_resident import shared_pandoc
+
+    if shared_pandoc.cache_info().currsize:
+        shared_pandoc().close()

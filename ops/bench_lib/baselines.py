@@ -97,7 +97,8 @@ def weasyprint_command(source: Path, out_dir: Path) -> list[str]:
 
 
 def pandoc_command(source: Path, out_dir: Path) -> list[str]:
-    """The very pandoc binary and switches the daemon's md→docx converter runs."""
+    """The very pandoc binary the daemon keeps resident, run once per file with the
+    switches the md→docx route used before it did (``--sandbox``)."""
     from converters._pandoc import pandoc_path
 
     out = out_dir / f"{source.stem}.docx"

@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated subset of: {', '.join(SECTIONS)}",
     )
     parser.add_argument(
+        "--comparisons",
+        default="",
+        metavar="KEYS",
+        help="throughput: only these comparisons, e.g. md_small->docx (comma-separated)",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -162,6 +168,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ops/bench: unknown section(s): {', '.join(unknown)}", file=sys.stderr)
         return 2
     sections = tuple(s for s in SECTIONS if s in wanted)
+    chosen = tuple(k for k in args.comparisons.split(",") if k)
+    if chosen:
+        from ops.bench_lib.throughput import COMPARISONS
+
+        known = {c.key for c in COMPARISONS}
+        if set(chosen) - known:
+            print(
+                f"ops/bench: --comparisons: known keys are {', '.join(sorted(known))}",
+                file=sys.stderr,
+            )
+            return 2
     work = args.workdir or Path(tempfile.mkdtemp(prefix="sir-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     started_wall = datetime.now(UTC)
@@ -190,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             from tests.fixtures.docling_artifacts import build_tiny_artifacts
 
             models = build_tiny_artifacts(work / "models")
-        bench = Bench(plan=plan, work=work, corpus=corpus, models_dir=models)
+        bench = Bench(plan=plan, work=work, corpus=corpus, models_dir=models, comparisons=chosen)
         bench.log(f"mode {plan.name}, sections {', '.join(sections)}, work folder {work}")
         _run(bench, sections, report)
     finally:

@@ -70,6 +70,7 @@ class BenchDaemon(DaemonProcess):
             "observer": profile.observer,
             "queue_size": profile.queue_size,
             "cpu_workers": profile.cpu.workers,
+            "cpu_express_workers": profile.cpu.express_workers,
             "gpu_workers": profile.gpu.workers,
             "cpu_recycle_after_jobs": profile.cpu.recycle_after_jobs,
             "gpu_recycle_after_jobs": profile.gpu.recycle_after_jobs,

@@ -101,6 +101,8 @@ class Bench:
     work: Path
     corpus: Corpus
     models_dir: Path | None
+    # Throughput comparisons to run, by key (``md_small->docx``); empty: all of the mode.
+    comparisons: tuple[str, ...] = ()
     results: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 

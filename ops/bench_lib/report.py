@@ -37,6 +37,18 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     if html and "weasyprint_cli_per_file" in html["speedup"]:
         x = html["speedup"]["weasyprint_cli_per_file"]
         out.append(_t("small html->pdf vs weasyprint CLI per file", ">= 10x", x, x >= 10))
+    md = _find(throughput, "md_small", "md->docx")
+    if md and "pandoc_cli_per_file" in md["speedup"]:
+        x = md["speedup"]["pandoc_cli_per_file"]
+        out.append(_t("small md->docx (daemon) vs pandoc CLI per file", ">= 1.5x", x, x >= 1.5))
+        y = md.get("speedup_in_process", {}).get("pandoc_cli_per_file")
+        if y is not None:
+            name = (
+                f"small md->docx warm route vs pandoc CLI per file, "
+                f"both {md['lane_workers']} at a time"
+            )
+            out.append(_t(name, ">= 1.5x", y, y >= 1.5))
+
     for entry in throughput:
         ratio = entry.get("overhead_ratio")
         if ratio is not None:

@@ -9,9 +9,11 @@ For every compared route the same files go through:
 * the alternatives: the tool's own CLI once per file (as many at a time as the
   lane has workers) and, for docling, once for the whole batch.
 
-Each is repeated; medians are reported. The daemon's and the loop's repetitions
-alternate, so a change in the machine's load hits both alike. Throughput ratios compare files per
-second; overhead compares the daemon's and the loop's wall time on the same N.
+Each is repeated; medians are reported. The daemon's, the loop's and the cheap
+CLIs' (pandoc, weasyprint) repetitions alternate, so a change in the machine's
+load hits them alike; docling's CLI, seconds a file, runs afterwards.
+Throughput ratios compare files per second; overhead compares the daemon's and
+the loop's wall time on the same N.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ops.bench_lib.baselines import (
 from ops.bench_lib.daemon_proc import BenchDaemon
 from ops.bench_lib.drops import Observer
 from ops.bench_lib.inproc import InProcessPool
-from ops.bench_lib.plan import Bench
+from ops.bench_lib.plan import Bench, Plan
 from ops.bench_lib.procfs import machine_info
 from ops.bench_lib.stats import median
 
@@ -162,6 +164,10 @@ def _cli_count(bench: Bench, c: Comparison, alternative: str, daemon_count: int)
     return plan.pandoc_cli_files
 
 
+def _reps(plan: Plan, c: Comparison, alternative: str) -> int:
+    return plan.pdf_reps if c.source == "pdf" or "docling" in alternative else plan.reps
+
+
 def measure_throughput(
     bench: Bench, daemon: BenchDaemon, observer: Observer
 ) -> list[dict[str, Any]]:
@@ -169,7 +175,10 @@ def measure_throughput(
     runner = _Runner(bench, daemon, observer)
     out: list[dict[str, Any]] = []
     for c in COMPARISONS:
-        if c.medium and not plan.medium:
+        if bench.comparisons:
+            if c.key not in bench.comparisons:
+                continue
+        elif c.medium and not plan.medium:
             continue
         count = plan.pdf_files if c.slow else plan.daemon_files
         parallel = runner.workers[c.lane]
@@ -177,14 +186,24 @@ def measure_throughput(
         bench.log(f"throughput {c.key}: warming {parallel} in-process baseline process(es)")
         pool.start()
         restarts_before = daemon.restarts()
-        bench.log(f"throughput {c.key}: daemon and in-process loop, {plan.reps} x {count} files")
         ours: list[RunResult] = []
         loop: list[RunResult] = []
+        # The cheap CLIs (pandoc's, weasyprint's) take their turn inside the same
+        # alternation; docling's, seconds a file, run after it with fewer reps.
+        interleaved = [a for a in c.alternatives if _reps(plan, c, a) == plan.reps]
+        beside: dict[str, list[RunResult]] = {a: [] for a in interleaved}
+        bench.log(
+            f"throughput {c.key}: daemon, in-process loop and {', '.join(interleaved) or 'no CLI'}"
+            f" alternately, {plan.reps} x {count} files"
+        )
         try:
-            # Alternate, so that a change in the machine's load hits both alike.
+            # Alternate, so that a change in the machine's load hits all alike.
             for rep in range(plan.reps):
                 ours.append(runner.daemon_run(c, count, rep))
                 loop.append(runner.in_process_run(pool, c, count, rep))
+                for alternative in interleaved:
+                    n = _cli_count(bench, c, alternative, count)
+                    beside[alternative].append(runner.cli(c, alternative, n, rep))
         finally:
             pool.close()
         restarts_after = daemon.restarts()
@@ -204,20 +223,29 @@ def measure_throughput(
             },
             "alternatives": {},
             "speedup": {},
+            # The warm route at exactly the CLI's parallelism (the in-process
+            # processes), without the daemon's express workers beside them.
+            "speedup_in_process": {},
         }
         daemon_median = entry["daemon"]["median_seconds"]
         loop_median = entry["in_process"]["median_seconds"]
         entry["overhead_ratio"] = round(daemon_median / loop_median, 3) if loop_median else None
         ours_fps = entry["daemon"]["files_per_second"]
+        loop_fps = entry["in_process"]["files_per_second"]
         for alternative in c.alternatives:
-            reps = plan.pdf_reps if c.source == "pdf" or "docling" in alternative else plan.reps
+            reps = _reps(plan, c, alternative)
             n = _cli_count(bench, c, alternative, count)
-            bench.log(f"throughput {c.key}: {alternative}, {reps} x {n} files")
-            runs = [runner.cli(c, alternative, n, rep) for rep in range(reps)]
+            if alternative in beside:
+                runs = beside[alternative]
+            else:
+                bench.log(f"throughput {c.key}: {alternative}, {reps} x {n} files")
+                runs = [runner.cli(c, alternative, n, rep) for rep in range(reps)]
             summary = _summarise(runs, 1 if alternative.endswith("batch") else parallel)
             entry["alternatives"][alternative] = summary
             theirs = summary["files_per_second"]
             if ours_fps and theirs:
                 entry["speedup"][alternative] = round(ours_fps / theirs, 2)
+            if loop_fps and theirs:
+                entry["speedup_in_process"][alternative] = round(loop_fps / theirs, 2)
         out.append(entry)
     return out

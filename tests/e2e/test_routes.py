@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,9 +336,11 @@ def test_md_and_html_to_docx(drop: Drop) -> None:
     assert web_docs.MD_TABLE_CELL in content.cells
     assert "Westfield" in content.cells
 
-    # pandoc's sandbox reads only the document: the image beside it is left out, and
-    # the sidecar says so instead of losing it silently.
-    assert check_sidecar(drop, "to-docx/page.html")["warnings"] == ["local_resource_blocked"]
+    # The picture beside the page (images/, in the drop folder) is embedded, read
+    # by the daemon through the pinned folder and handed to pandoc.
+    assert check_sidecar(drop, "to-docx/page.html")["warnings"] == []
+    with zipfile.ZipFile(drop.output("to-docx/page.docx")) as zf:
+        assert [n for n in zf.namelist() if n.startswith("word/media/")]
     html = read_docx(drop.output("to-docx/page.docx"))
     assert web_docs.HTML_HEADING in html.styled("Heading 1")
     assert web_docs.HTML_PARAGRAPH in html.text

@@ -7,6 +7,7 @@ pictures says ``empty_output``.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,13 @@ def _convert(conv: MarkdownToDocx, source: Path, out: Path) -> ConversionResult:
         return conv.convert(ConversionRequest(source, out, ConvertOptions(), folder), CTX)
 
 
+def _media(path: Path) -> list[bytes]:
+    """The pictures a .docx holds, in name order."""
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("word/media/"))
+        return [zf.read(n) for n in names]
+
+
 def _docx_text(path: Path) -> str:
     import docx
 
@@ -65,13 +73,22 @@ def test_a_document_with_nothing_in_it_says_empty_output(tmp_path: Path) -> None
     assert result.warnings == ["empty_output"]
 
 
-def test_an_image_only_markdown_is_empty_once_the_image_is_left_out(tmp_path: Path) -> None:
+def test_an_image_only_markdown_keeps_its_picture(tmp_path: Path) -> None:
     make_png(tmp_path / "chart.png", (10, 10))
     source = tmp_path / "chart.md"
     source.write_text("![](chart.png)\n", encoding="utf-8")
     out = tmp_path / "out.docx"
     result = _convert(MarkdownToDocx(), source, out)
-    assert result.warnings == ["local_resource_blocked", "empty_output"]
+    assert _media(out) == [(tmp_path / "chart.png").read_bytes()]
+    assert result.warnings == []
+
+
+def test_an_image_only_markdown_whose_picture_is_missing_is_empty(tmp_path: Path) -> None:
+    source = tmp_path / "chart.md"
+    source.write_text("![](chart.png)\n", encoding="utf-8")
+    out = tmp_path / "out.docx"
+    result = _convert(MarkdownToDocx(), source, out)
+    assert result.warnings == ["resource_missing", "empty_output"]
 
 
 def test_text_counts_as_content(tmp_path: Path) -> None:
@@ -81,3 +98,19 @@ def test_text_counts_as_content(tmp_path: Path) -> None:
     result = _convert(MarkdownToDocx(), source, out)
     assert docx_has_content(out)
     assert result.warnings == []
+
+
+def test_a_reference_docx_styles_the_output(tmp_path: Path) -> None:
+    import docx
+
+    reference = docx.Document()
+    reference.styles["Heading 1"].font.name = "Courier New"
+    reference.save(str(tmp_path / "house.docx"))
+    source = tmp_path / "memo.md"
+    source.write_text("# Memo\n\nBody.\n", encoding="utf-8")
+    out = tmp_path / "out.docx"
+    options = ConvertOptions(reference_docx=tmp_path / "house.docx")
+    with DropFolder.open(tmp_path) as folder:
+        MarkdownToDocx().convert(ConversionRequest(source, out, options, folder), CTX)
+    with zipfile.ZipFile(out) as zf:
+        assert "Courier New" in zf.read("word/styles.xml").decode("utf-8")

@@ -131,8 +131,8 @@ def test_owns_and_closes_its_descriptor(drop: Path) -> None:
 def test_policy_maps_only_urls_under_the_base_into_the_folder(
     drop: Path, url: str, code: str
 ) -> None:
-    from converters._weasy import ResourcePolicy, ResourceRefused
     from converters.base import Limits
+    from converters.resource_policy import ResourcePolicy, ResourceRefused
 
     with DropFolder.open(drop) as folder:
         policy = ResourcePolicy(folder, Limits())
