@@ -5,6 +5,7 @@
       outbox/           results and their .meta.json sidecars, mirrored paths
       failed/           inputs that failed, each with <name>.error.json
       archive/          originals of successful jobs (unless on_success = "delete")
+      events/           the events journal, JSON Lines segments (daemon/events.py)
       .state/jobs/<id>/ claimed work in progress (input, job record, staged output)
       .state/tmp/       staging for atomic writes into outbox/failed/archive
 
@@ -74,6 +75,10 @@ class DataRoot:
         return self.root / "archive"
 
     @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
     def state(self) -> Path:
         return self.root / ".state"
 
@@ -92,6 +97,7 @@ class DataRoot:
             self.outbox,
             self.failed,
             self.archive,
+            self.events,
             self.state,
             self.jobs,
             self.tmp,

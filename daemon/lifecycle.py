@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,8 +34,10 @@ from converters.errors import (
 )
 from converters.registry import Registry
 from daemon import faults
+from daemon.announce import JobAnnouncer
 from daemon.config import ProfileSettings
 from daemon.errors import CrashLoop, InputStillChanging, WorkerCrashed
+from daemon.events import Journal
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
@@ -79,7 +82,11 @@ class Lifecycle:
         pools: dict[Lane, LanePool],
         metrics: Metrics,
         service: ServiceInfo,
+        *,
+        journal: Journal | None = None,
     ) -> None:
+        """``journal``: the events journal, for the daemon only (``check`` and
+        ``convert`` write none)."""
         self.settings = settings
         self.root = DataRoot(settings.data_root)
         self.store = JobStore(
@@ -88,6 +95,8 @@ class Lifecycle:
         self.publisher = Publisher(
             self.root, self.store, delete_on_success=settings.on_success == "delete"
         )
+        self.announce = JobAnnouncer(self.root, journal, settings.default_targets)
+        self.publisher.on_commit = self.announce.finished
         self.registry = registry
         self.pools = pools
         self.metrics = metrics
@@ -125,10 +134,20 @@ class Lifecycle:
             job = self.store.claim(relative, levels[-1], detected_at)
             if job is not None:
                 self._pin(job, levels)
+                self._tell(self.announce.claimed, job)
         finally:
             for fd in levels:
                 os.close(fd)
         return job
+
+    @staticmethod
+    def _tell(say: Callable[[Job], None], job: Job) -> None:
+        """Write a job's claim or retry event; a full disk loses only that event
+        (final events are never lost: they hold the job in .state until written)."""
+        try:
+            say(job)
+        except OSError as exc:
+            log.warning("event_not_written", job_id=job.id, error=str(exc))
 
     def _pin(self, job: Job, levels: list[int] | None) -> None:
         """Pin what the conversion will read: the drop folder's descriptor, the
@@ -299,6 +318,9 @@ class Lifecycle:
             except WorkerCrashed:
                 if job.record.attempts >= self.settings.max_attempts:
                     raise
+                await asyncio.to_thread(
+                    self._tell, lambda j: self.announce.retried(j, "worker_crashed"), job
+                )
                 log.warning(
                     "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
                 )
@@ -453,6 +475,9 @@ class Lifecycle:
                     job.record.phase = "claimed"
                     job.save()
                 self.repin(job)
+                self._tell(self.announce.claimed, job)  # if the crash came before it
+                if 0 < job.record.attempts < self.settings.max_attempts:
+                    self._tell(lambda j: self.announce.retried(j, "daemon_restarted"), job)
                 resume.append(job)
         return resume
 

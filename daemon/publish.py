@@ -8,6 +8,7 @@ because their source is gone. Nothing half-written is ever visible in outbox/.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from converters.warning_codes import WarningCode
@@ -37,6 +38,10 @@ class Publisher:
         self.root = root
         self.store = store
         self.delete_on_success = delete_on_success
+        # Called once the sidecar is durable in outbox/ or failed/, before the job
+        # folder goes: the job's final event (daemon/announce.py). Called again
+        # by recovery when the folder survived a crash; the callee is idempotent.
+        self.on_commit: Callable[[Job], None] | None = None
 
     # -- success ---------------------------------------------------------------
 
@@ -71,7 +76,8 @@ class Publisher:
             faults.delay("publish_output")
         if job.staged_sidecar.exists():
             durable_move(job.staged_sidecar, target.with_name(target.name + META_SUFFIX))
-            faults.delay("archive")
+        self._committed(job)
+        faults.delay("archive")
         self._retire_input(job)
         faults.delay("finish")
         self.store.finish(job)
@@ -114,4 +120,9 @@ class Publisher:
             if sidecar_path.exists():
                 os.unlink(sidecar_path)  # a stale one from an earlier failure of this name
             durable_move(job.staged_sidecar, sidecar_path)
+        self._committed(job)
         self.store.finish(job)
+
+    def _committed(self, job: Job) -> None:
+        if self.on_commit is not None:
+            self.on_commit(job)

@@ -22,14 +22,16 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from converters.base import Lane
 from converters.errors import SirError
 from converters.registry import Registry, default_registry
+from daemon.announce import StateAnnouncer
 from daemon.config import ProfileSettings, Settings
+from daemon.events import Event, Journal, JournalReader
 from daemon.ignore import IgnoreRules
 from daemon.jobs import Job
 from daemon.layout import DataRoot, normalize_extension
@@ -38,12 +40,16 @@ from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
+from daemon.retention import Sweeper
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker, StatKey
 from daemon.status import status_report
 from daemon.watcher import InboxWatcher, scan_inbox
 from daemon.wire import Hello
 from daemon.workers import LanePool
+
+if TYPE_CHECKING:
+    from daemon.webhooks import WebhookSender
 
 __all__ = ["Service"]
 
@@ -55,10 +61,16 @@ REFRESH_SECONDS = 1.0
 
 class Service:
     def __init__(
-        self, settings: Settings, profile: ProfileSettings, notifier: Notifier | None = None
+        self,
+        settings: Settings,
+        profile: ProfileSettings,
+        notifier: Notifier | None = None,
+        *,
+        journal: bool = False,
     ) -> None:
-        """``notifier``: systemd's socket, for the daemon only (``check`` and
-        ``convert`` say nothing to systemd)."""
+        """``notifier``: systemd's socket, and ``journal``: the events journal,
+        webhooks and retention, for the daemon only (``check`` and ``convert``
+        say nothing to systemd and write no events)."""
         self.all_settings = settings
         self.settings = profile
         self.root = DataRoot(profile.data_root)
@@ -82,7 +94,22 @@ class Service:
             )
             for lane in (Lane.GPU, Lane.CPU)
         }
-        self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
+        self.journal = (
+            Journal(
+                self.root.events,
+                profile.name,
+                max_segment_bytes=int(profile.events.max_segment_mb * 2**20),
+                retention_days=profile.events.retention_days,
+                on_write=self._count_event,
+            )
+            if journal
+            else None
+        )
+        self.announce = StateAnnouncer(self.journal)
+        self.lifecycle = Lifecycle(
+            profile, self.registry, self.pools, self.metrics, self.info, journal=self.journal
+        )
+        self._background: list[asyncio.Task[None]] = []
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -300,7 +327,12 @@ class Service:
         self.intake_paused_reason = next(
             (r.code for r in results if not r.ok and r.code in INTAKE_BLOCKERS), None
         )
+        self.announce.intake(self.intake_paused_reason)
+        self.announce.readiness(ready, [r.code for r in results if not r.ok])
         return ready, results
+
+    def _count_event(self, event: Event) -> None:
+        self.metrics.events_written.labels(str(event.kind)).inc()
 
     def refresh(self) -> None:
         """Once a second from the supervisor: re-run every check, then tell systemd.
@@ -324,6 +356,12 @@ class Service:
         if self.intake_paused_reason is not None:
             return f"not taking files ({failing}); {counts}"
         return f"not ready ({failing}); {counts}"
+
+    def events_reader(self, after: int) -> JournalReader | None:
+        """A reader of the events journal after seq ``after`` (None without a journal)."""
+        if self.journal is None:
+            return None
+        return JournalReader(self.journal.folder, after=after)
 
     def identity(self) -> dict[str, Any]:
         """Who answers: profile, revision, version, uptime."""
@@ -403,7 +441,9 @@ class Service:
             loop.add_signal_handler(sig, self.stopping.set)
         await asyncio.to_thread(self.root.create)
         self.root.adopt(self.settings.name)
-        for job in await asyncio.to_thread(self.lifecycle.recover):
+        sender = self._webhook_sender()  # its cursor starts before recovery's events
+        recovered = await asyncio.to_thread(self.lifecycle.recover)
+        for job in recovered:
             error = self.lifecycle.crash_looped(job)
             if error is not None:
                 await self.lifecycle.fail_now(job, error)
@@ -412,6 +452,11 @@ class Service:
         await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
+        self.announce.started(len(recovered))
+        if sender is not None:
+            self._background.append(asyncio.create_task(sender.run()))
+        if self.journal is not None and self.settings.retention.enabled:
+            self._background.append(asyncio.create_task(self._sweep_forever()))
         log.info(
             "service_started",
             profile=self.settings.name,
@@ -433,12 +478,34 @@ class Service:
     def request_stop(self) -> None:
         self.stopping.set()
 
+    def _webhook_sender(self) -> WebhookSender | None:
+        """The webhook sender, when the profile has a ``[notify] url`` (opt-in)."""
+        if self.journal is None or self.settings.notify.url is None:
+            return None
+        from daemon.webhooks import WebhookSender  # aiohttp's client: only when asked for
+
+        return WebhookSender(self.settings.notify, self.root, self.journal, self.metrics)
+
+    async def _sweep_forever(self) -> None:
+        sweeper = Sweeper(self.settings.retention, self.root, self.journal, self.metrics)
+        while not self.stopping.is_set():
+            try:
+                await asyncio.to_thread(sweeper.sweep)
+            except Exception:
+                log.exception("retention_sweep_failed")
+                self.metrics.internal_errors.labels("retention").inc()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.stopping.wait(), self.settings.retention.sweep_interval_seconds
+                )
+
     async def shutdown(self, drain_seconds: float | None = None) -> None:
         """The one way down (daemon, ``check``, ``convert``): stop claiming, let
         in-flight jobs finish within ``drain_seconds`` (the profile's by default),
         stop the workers, and leave the rest in .state for the next start."""
         self.stopping.set()
         self.notifier.stopping()
+        self.announce.stopping(len(self.lifecycle.active))
         seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         log.info("draining", in_flight=len(self.lifecycle.active), seconds=seconds)
         self.watcher.stop()
@@ -451,5 +518,10 @@ class Service:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
+        for task in self._background:
+            task.cancel()  # the webhook sender resumes from its cursor after the restart
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.journal is not None:
+            self.journal.close()
         # Jobs still claimed stay in .state and are resumed after the restart.
         log.info("stopped", unfinished=len(self._tasks))

@@ -36,6 +36,23 @@ def test_published_sidecar_schema_matches_the_model() -> None:
     assert published == Sidecar.model_json_schema()
 
 
+def test_published_events_schema_matches_the_model() -> None:
+    from daemon.events import Event
+
+    published = json.loads((DOCS / "events.schema.json").read_text())
+    assert published == Event.model_json_schema()
+
+
+def test_every_event_kind_and_field_is_documented() -> None:
+    from daemon.events import Event, EventKind
+
+    text = (DOCS / "automation.md").read_text()
+    for kind in EventKind:
+        assert f"`{kind}`" in text, f"event kind {kind} is not in docs/automation.md"
+    for name in Event.model_fields:
+        assert f"`{name}`" in text, f"event field {name} is not in docs/automation.md"
+
+
 def test_every_sidecar_field_is_described() -> None:
     text = (DOCS / "sidecar.md").read_text()
     for name in Sidecar.model_fields:
