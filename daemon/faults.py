@@ -8,7 +8,8 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   successful job passes them: ``claim`` (record written, input not yet moved),
   ``sidecar_write`` (sidecar staged, phase not yet ``publishing``),
   ``publish_output`` (output in outbox/, sidecar not yet), ``archive`` (sidecar
-  published, input not yet archived), ``finish`` (input archived, job folder not
+  published, its final event not yet written), ``announced`` (event written,
+  input not yet archived), ``finish`` (input archived, job folder not
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
   sidecar not yet). ``dispatch`` waits (without blocking the event loop)
   between the claim and handing the job to a worker, widening the window in
@@ -34,7 +35,16 @@ __all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay", "delay_seconds"]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
 POINTS = frozenset(
-    {"claim", "dispatch", "sidecar_write", "publish_output", "archive", "finish", "fail_input"}
+    {
+        "claim",
+        "dispatch",
+        "sidecar_write",
+        "publish_output",
+        "archive",
+        "announced",
+        "finish",
+        "fail_input",
+    }
 )
 
 

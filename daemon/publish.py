@@ -76,8 +76,9 @@ class Publisher:
             faults.delay("publish_output")
         if job.staged_sidecar.exists():
             durable_move(job.staged_sidecar, target.with_name(target.name + META_SUFFIX))
+            faults.delay("archive")
         self._committed(job)
-        faults.delay("archive")
+        faults.delay("announced")
         self._retire_input(job)
         faults.delay("finish")
         self.store.finish(job)
