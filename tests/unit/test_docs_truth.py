@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 
 from converters.base import ConvertOptions, Limits
-from daemon.config import EnvOverrides, LaneSettings, ProfileSettings
+from daemon.config import (
+    EnvOverrides,
+    EventsSettings,
+    LaneSettings,
+    NotifySettings,
+    ProfileSettings,
+    RetentionSettings,
+)
 from daemon.errors import known_codes
 from daemon.sidecar import Sidecar
 
@@ -16,7 +23,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def test_every_setting_is_in_configuration_md() -> None:
     text = (DOCS / "configuration.md").read_text()
-    for model in (ProfileSettings, LaneSettings, ConvertOptions, Limits):
+    for model in (
+        ProfileSettings,
+        LaneSettings,
+        ConvertOptions,
+        Limits,
+        EventsSettings,
+        NotifySettings,
+        RetentionSettings,
+    ):
         for name in model.model_fields:
             if name == "name":
                 continue
