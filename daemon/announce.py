@@ -52,8 +52,17 @@ class JobAnnouncer:
         return f"{resolved.source}->{resolved.target}"
 
     def claimed(self, job: Job) -> None:
+        """A claim's event. Like a retry's, it may be lost to a full disk (logged):
+        final events never are, they keep the job in .state until written."""
         if self.journal is None:
             return
+        try:
+            self._claimed(job)
+        except OSError as exc:
+            log.warning("event_not_written", job_id=job.id, error=str(exc))
+
+    def _claimed(self, job: Job) -> None:
+        assert self.journal is not None
         self.journal.append_once(
             EventKind.JOB_CLAIMED,
             event_id(job.id, EventKind.JOB_CLAIMED),
@@ -68,6 +77,13 @@ class JobAnnouncer:
         if self.journal is None:
             return
         attempt = job.record.attempts + 1
+        try:
+            self._retried(job, reason, attempt)
+        except OSError as exc:
+            log.warning("event_not_written", job_id=job.id, error=str(exc))
+
+    def _retried(self, job: Job, reason: str, attempt: int) -> None:
+        assert self.journal is not None
         self.journal.append_once(
             EventKind.JOB_RETRIED,
             event_id(job.id, EventKind.JOB_RETRIED, attempt),

@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -134,20 +133,11 @@ class Lifecycle:
             job = self.store.claim(relative, levels[-1], detected_at)
             if job is not None:
                 self._pin(job, levels)
-                self._tell(self.announce.claimed, job)
+                self.announce.claimed(job)
         finally:
             for fd in levels:
                 os.close(fd)
         return job
-
-    @staticmethod
-    def _tell(say: Callable[[Job], None], job: Job) -> None:
-        """Write a job's claim or retry event; a full disk loses only that event
-        (final events are never lost: they hold the job in .state until written)."""
-        try:
-            say(job)
-        except OSError as exc:
-            log.warning("event_not_written", job_id=job.id, error=str(exc))
 
     def _pin(self, job: Job, levels: list[int] | None) -> None:
         """Pin what the conversion will read: the drop folder's descriptor, the
@@ -318,9 +308,7 @@ class Lifecycle:
             except WorkerCrashed:
                 if job.record.attempts >= self.settings.max_attempts:
                     raise
-                await asyncio.to_thread(
-                    self._tell, lambda j: self.announce.retried(j, "worker_crashed"), job
-                )
+                await asyncio.to_thread(self.announce.retried, job, "worker_crashed")
                 log.warning(
                     "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
                 )
@@ -475,9 +463,9 @@ class Lifecycle:
                     job.record.phase = "claimed"
                     job.save()
                 self.repin(job)
-                self._tell(self.announce.claimed, job)  # if the crash came before it
+                self.announce.claimed(job)  # if the crash came before it
                 if 0 < job.record.attempts < self.settings.max_attempts:
-                    self._tell(lambda j: self.announce.retried(j, "daemon_restarted"), job)
+                    self.announce.retried(job, "daemon_restarted")
                 resume.append(job)
         return resume
 

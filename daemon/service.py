@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import structlog
 
@@ -30,8 +30,9 @@ from converters.base import Lane
 from converters.errors import SirError
 from converters.registry import Registry, default_registry
 from daemon.announce import StateAnnouncer
+from daemon.automation import AutomationTasks, open_journal
 from daemon.config import ProfileSettings, Settings
-from daemon.events import Event, Journal, JournalReader
+from daemon.events import JournalReader
 from daemon.ignore import IgnoreRules
 from daemon.jobs import Job
 from daemon.layout import DataRoot, normalize_extension
@@ -40,16 +41,12 @@ from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
-from daemon.retention import Sweeper
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker, StatKey
 from daemon.status import status_report
 from daemon.watcher import InboxWatcher, scan_inbox
 from daemon.wire import Hello
 from daemon.workers import LanePool
-
-if TYPE_CHECKING:
-    from daemon.webhooks import WebhookSender
 
 __all__ = ["Service"]
 
@@ -94,22 +91,16 @@ class Service:
             )
             for lane in (Lane.GPU, Lane.CPU)
         }
-        self.journal = (
-            Journal(
-                self.root.events,
-                profile.name,
-                max_segment_bytes=int(profile.events.max_segment_mb * 2**20),
-                retention_days=profile.events.retention_days,
-                on_write=self._count_event,
-            )
-            if journal
-            else None
-        )
+        self.journal = open_journal(profile, self.root, self.metrics) if journal else None
         self.announce = StateAnnouncer(self.journal)
         self.lifecycle = Lifecycle(
             profile, self.registry, self.pools, self.metrics, self.info, journal=self.journal
         )
-        self._background: list[asyncio.Task[None]] = []
+        self.automation = (
+            AutomationTasks(profile, self.root, self.journal, self.metrics)
+            if self.journal is not None
+            else None
+        )
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -331,9 +322,6 @@ class Service:
         self.announce.readiness(ready, [r.code for r in results if not r.ok])
         return ready, results
 
-    def _count_event(self, event: Event) -> None:
-        self.metrics.events_written.labels(str(event.kind)).inc()
-
     def refresh(self) -> None:
         """Once a second from the supervisor: re-run every check, then tell systemd.
 
@@ -441,7 +429,8 @@ class Service:
             loop.add_signal_handler(sig, self.stopping.set)
         await asyncio.to_thread(self.root.create)
         self.root.adopt(self.settings.name)
-        sender = self._webhook_sender()  # its cursor starts before recovery's events
+        if self.automation is not None:
+            self.automation.prepare()  # the webhook cursor starts before recovery's events
         recovered = await asyncio.to_thread(self.lifecycle.recover)
         for job in recovered:
             error = self.lifecycle.crash_looped(job)
@@ -453,10 +442,8 @@ class Service:
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
         self.announce.started(len(recovered))
-        if sender is not None:
-            self._background.append(asyncio.create_task(sender.run()))
-        if self.journal is not None and self.settings.retention.enabled:
-            self._background.append(asyncio.create_task(self._sweep_forever()))
+        if self.automation is not None:
+            self.automation.start()
         log.info(
             "service_started",
             profile=self.settings.name,
@@ -478,27 +465,6 @@ class Service:
     def request_stop(self) -> None:
         self.stopping.set()
 
-    def _webhook_sender(self) -> WebhookSender | None:
-        """The webhook sender, when the profile has a ``[notify] url`` (opt-in)."""
-        if self.journal is None or self.settings.notify.url is None:
-            return None
-        from daemon.webhooks import WebhookSender  # aiohttp's client: only when asked for
-
-        return WebhookSender(self.settings.notify, self.root, self.journal, self.metrics)
-
-    async def _sweep_forever(self) -> None:
-        sweeper = Sweeper(self.settings.retention, self.root, self.journal, self.metrics)
-        while not self.stopping.is_set():
-            try:
-                await asyncio.to_thread(sweeper.sweep)
-            except Exception:
-                log.exception("retention_sweep_failed")
-                self.metrics.internal_errors.labels("retention").inc()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.stopping.wait(), self.settings.retention.sweep_interval_seconds
-                )
-
     async def shutdown(self, drain_seconds: float | None = None) -> None:
         """The one way down (daemon, ``check``, ``convert``): stop claiming, let
         in-flight jobs finish within ``drain_seconds`` (the profile's by default),
@@ -518,9 +484,8 @@ class Service:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
-        for task in self._background:
-            task.cancel()  # the webhook sender resumes from its cursor after the restart
-        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.automation is not None:
+            await self.automation.stop()
         if self.journal is not None:
             self.journal.close()
         # Jobs still claimed stay in .state and are resumed after the restart.
