@@ -206,3 +206,32 @@ async def test_get_events_streams_sse_from_since_and_last_event_id(
     chunk = await resp.content.readuntil(b"\n\n")
     assert chunk.startswith(b"id: 6\nevent: job_succeeded\n")
     resp.close()
+
+
+def test_the_events_command_prints_json_lines_a_gap_and_escaped_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from daemon.cli import _event_line, main
+
+    config = tmp_path / "config.toml"
+    config.write_text(f'[profiles.eval]\ndata_root = "{tmp_path / "root"}"\n')
+    folder = tmp_path / "root" / "events"
+    journal = Journal(folder, "eval", retention_days=1)
+    journal.append(EventKind.DAEMON_STARTED, "one")
+    journal._segment_day = "2001-01-01"
+    old = time.time() - 3 * 86400
+    os.utime(segment_files(folder)[0][1], (old, old))
+    event = journal.append(
+        EventKind.JOB_SUCCEEDED, "j:job_succeeded", job_id="j", path="outbox/\x1b[2Jx.pdf"
+    )
+    journal.close()
+    capsys.readouterr()  # the journal's own log lines
+
+    assert main(["events", "--config", str(config), "--profile", "eval", "--since", "0"]) == 0
+    out, err = capsys.readouterr()
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert printed[0] == {"gap": {"after": 0, "first_available": 2}}
+    assert printed[1]["seq"] == 2 and printed[1]["path"] == "outbox/\x1b[2Jx.pdf"
+    assert "rotated away" in err
+    line = _event_line(event)
+    assert "\x1b" not in line and "job_succeeded" in line and "\\x1b[2Jx.pdf" in line
