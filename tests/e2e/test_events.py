@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +156,7 @@ def test_follower_and_webhooks_see_every_final_event_once_across_sigkills(
         stderr=subprocess.PIPE,
     )
     killed_in: list[set[str]] = []
+    kill_times: list[datetime] = []
     try:
         for round_ in range(kills):
             _drop(staging, daemon.inbox, pending[:batch])
@@ -174,6 +176,7 @@ def test_follower_and_webhooks_see_every_final_event_once_across_sigkills(
                 time.sleep(0.003)
             killed_in.append(phases(daemon.root))
             _kill(daemon)
+            kill_times.append(datetime.now(UTC))
             if round_ == 0:
                 receiver.start()
         _drop(staging, daemon.inbox, pending)
@@ -243,10 +246,13 @@ def test_follower_and_webhooks_see_every_final_event_once_across_sigkills(
     for event_id, (body,) in ((k, tuple(v)) for k, v in bodies.items()):
         assert json.loads(body)["event_id"] == event_id
     duplicates = len(receiver.posts) - len(bodies)
-    # Final events a later daemon wrote for jobs claimed before its start (recovery).
-    starts = [e["seq"] for e in journal if e["kind"] == "daemon_started"]
+    # Final events a later daemon wrote for jobs claimed before a kill (recovery).
+    when = {e["event_id"]: datetime.fromisoformat(e["at"]) for e in journal}
+    claimed_when = {e["job_id"]: when[e["event_id"]] for e in journal if e["kind"] == "job_claimed"}
     recovered = sum(
-        1 for e in finals if any(claimed_at[e["job_id"]] < s < e["seq"] for s in starts)
+        1
+        for e in finals
+        if any(claimed_when[e["job_id"]] < k < when[e["event_id"]] for k in kill_times)
     )
     print(
         f"\nevents {len(journal)}, final {len(finals)}, kills {kills} "
