@@ -192,7 +192,7 @@ class Journal:
     # -- opening ---------------------------------------------------------------------
 
     def _open(self) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o750, parents=True, exist_ok=True)
         segments = segment_files(self.folder)
         if not segments:
             return
@@ -319,11 +319,17 @@ class Journal:
         )
         line = event.model_dump_json(exclude_defaults=False).encode() + b"\n"
         fd = self._segment_for(now, len(line), event.seq)
-        view = memoryview(line)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        try:
+            view = memoryview(line)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except OSError:
+            # A full disk: take back half a line, so the next write starts clean
+            # and this seq is not used twice.
+            os.ftruncate(fd, self._segment_size)
+            raise
         self._segment_size += len(line)
         self.last_seq = event.seq
         self._remember(event)

@@ -106,6 +106,7 @@ class DataRoot:
     def create(self) -> None:
         """Create the layout (idempotent) and check it sits on one filesystem.
 
+        ``events/`` is 0750: readable by the group, written by the daemon only.
         ``.state`` is the daemon's alone (mode 0700, whatever the umask): the
         people who drop files share the service group and may write the inbox,
         but a job record they could plant or edit would steer the daemon's
@@ -116,6 +117,10 @@ class DataRoot:
         for private in (self.state, self.jobs, self.tmp):
             if os.stat(private).st_mode & 0o777 != 0o700:
                 os.chmod(private, 0o700)
+        # The journal: the service's group may read it, only the daemon writes it
+        # (a planted segment would be posted to webhooks as the daemon's word).
+        if os.stat(self.events).st_mode & 0o777 != 0o750:
+            os.chmod(self.events, 0o750)  # noqa: S103 (group read is the point)
         self.check_one_filesystem()
 
     def exists(self) -> bool:

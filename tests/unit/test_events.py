@@ -235,3 +235,26 @@ def test_the_events_command_prints_json_lines_a_gap_and_escaped_names(
     assert "rotated away" in err
     line = _event_line(event)
     assert "\x1b" not in line and "job_succeeded" in line and "\\x1b[2Jx.pdf" in line
+
+
+def test_a_failed_write_takes_its_half_line_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    folder = tmp_path / "events"
+    journal = Journal(folder, "eval")
+    journal.append(EventKind.DAEMON_STARTED, "one")
+    real_fsync = os.fsync
+
+    def full_disk(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    with pytest.raises(OSError):
+        journal.append(EventKind.JOB_CLAIMED, "lost")
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    journal.append(EventKind.JOB_CLAIMED, "two")
+    journal.close()
+    assert [(e["seq"], e["event_id"]) for e in lines(folder)] == [(1, "one"), (2, "two")]
+    assert oct(folder.stat().st_mode & 0o777) == "0o750"
