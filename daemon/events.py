@@ -29,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
@@ -185,7 +185,10 @@ class Journal:
         self._fd: int | None = None
         self._segment_day: str | None = None
         self._segment_size = 0
-        self._recent: OrderedDict[str, int] = OrderedDict()
+        # event id -> its "at", oldest first; _complete while it holds every event
+        # of the journal (nothing evicted, no segment left unread).
+        self._recent: OrderedDict[str, str] = OrderedDict()
+        self._complete = True
         self.last_seq = 0
         self._open()
 
@@ -217,17 +220,17 @@ class Journal:
             with path.open("rb") as f:
                 lines += sum(1 for _ in f)
             if lines >= _RECENT_IDS:
+                self._complete = len(chosen) == len(segments)
                 break
         for path in reversed(chosen):
             with path.open("rb") as f:
                 for line in f:
                     try:
                         item = json.loads(line)
-                        self._recent[str(item["event_id"])] = int(item["seq"])
+                        self._recent[str(item["event_id"])] = str(item["at"])
                     except (ValueError, KeyError, TypeError):
                         continue
-        while len(self._recent) > _RECENT_IDS:
-            self._recent.popitem(last=False)
+        self._evict()
 
     @staticmethod
     def _cut_torn_tail(path: Path) -> None:
@@ -265,9 +268,25 @@ class Journal:
                 continue
 
     def _remember(self, event: Event) -> None:
-        self._recent[event.event_id] = event.seq
+        self._recent[event.event_id] = event.at.isoformat()
+        self._evict()
+
+    def _evict(self) -> None:
         while len(self._recent) > _RECENT_IDS:
             self._recent.popitem(last=False)
+            self._complete = False
+
+    def _remembers_since(self, since: datetime) -> bool:
+        """Does memory hold every event written since ``since`` (a minute's margin)?"""
+        if self._complete:
+            return True
+        oldest = next(iter(self._recent.values()), None)
+        if oldest is None:
+            return False
+        try:
+            return datetime.fromisoformat(oldest) <= since - timedelta(minutes=1)
+        except ValueError:
+            return False
 
     # -- writing ---------------------------------------------------------------------
 
@@ -288,7 +307,11 @@ class Journal:
         with self._lock:
             if event_id in self._recent:
                 return None
-            if since is not None and self._on_disk(event_id, since):
+            if (
+                since is not None
+                and not self._remembers_since(since)
+                and self._on_disk(event_id, since)
+            ):
                 return None
             return self._write(kind, event_id, fields)
 

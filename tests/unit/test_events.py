@@ -61,6 +61,7 @@ def test_append_once_finds_an_old_id_on_disk_by_the_jobs_start(tmp_path: Path) -
     journal.close()
     again = Journal(folder, "eval")
     again._recent.clear()  # as if it were older than the ids remembered
+    again._complete = False
     since = datetime.now(UTC) - timedelta(minutes=5)
     assert again.append_once(EventKind.JOB_SUCCEEDED, "old:job_succeeded", since=since) is None
     assert [e["event_id"] for e in lines(folder)] == ["old:job_succeeded"]
