@@ -259,3 +259,21 @@ def test_a_failed_write_takes_its_half_line_back(
     journal.close()
     assert [(e["seq"], e["event_id"]) for e in lines(folder)] == [(1, "one"), (2, "two")]
     assert oct(folder.stat().st_mode & 0o777) == "0o750"
+
+
+async def test_get_events_tells_a_reader_of_events_rotated_away(
+    build: Build, aiohttp_client: Any
+) -> None:
+    service = build("[profiles.eval.events]\nretention_days = 1\n")
+    journal = service.journal
+    assert journal is not None
+    journal.append(EventKind.DAEMON_STARTED, "one")
+    old = time.time() - 3 * 86400
+    os.utime(segment_files(journal.folder)[0][1], (old, old))
+    journal._segment_day = "2001-01-01"
+    journal.append(EventKind.DAEMON_STOPPING, "two")
+    http = await aiohttp_client(make_app(service))
+    resp = await http.get("/events", params={"since": "0", "follow": "0"})
+    frames = [f.splitlines() for f in (await resp.text()).split("\n\n") if f.strip()]
+    assert frames[0] == ["event: gap", 'data: {"after": 0, "first_available": 2}']
+    assert frames[1][:2] == ["id: 2", "event: daemon_stopping"]
