@@ -12,8 +12,8 @@ daemon is SIGKILLed while jobs are between their sidecar and their final event
   ``event_id`` and the same body.
 
 Short mode: 40 files, 2 kills. Long mode (``SIR_CONVERT_A_LOT_TEST_LONG=1``):
-200 files, 8 kills. Retention through the daemon: an archive pruned while a job
-in flight keeps its files.
+200 files, 8 kills. Retention through the daemon: a failed input and its error
+sidecar pruned together.
 """
 
 from __future__ import annotations
@@ -277,39 +277,46 @@ def _wait_file_has(path: Path, seq: int, timeout: float) -> None:
     raise AssertionError(f"the follower never printed seq {seq}")
 
 
-def test_retention_prunes_the_archive_through_the_daemon(tmp_path: Path) -> None:
-    """archive_days of ~2 s: the original of a finished job goes, with a pruned event;
-    the outbox (no setting) keeps everything."""
+def test_retention_prunes_failed_pairs_through_the_daemon(tmp_path: Path) -> None:
+    """failed_days of ~2 s: a failed input goes with its error sidecar, after its
+    job_failed event, with a pruned event; no worker is needed (no route), so the
+    test does not wait for a warm lane."""
     daemon = FaultyDaemon(
         tmp_path,
         extra_config=(
-            "[profiles.eval.retention]\narchive_days = 0.00003\nsweep_interval_seconds = 0.5\n"
+            "[profiles.eval.retention]\nfailed_days = 0.00003\nsweep_interval_seconds = 0.5\n"
         ),
     )
-    note = daemon.inbox / "to-docx" / "note.md"
-    note.parent.mkdir(parents=True)
-    note.write_text("# Note\n\nKept in the outbox, pruned from the archive.\n")
+    bad = daemon.inbox / "to-md" / "sub" / "bad.xyz"
+    bad.parent.mkdir(parents=True)
+    bad.write_text("no route converts this")
+    failed = daemon.failed / "to-md" / "sub"
     try:
         daemon.start(wait_ready=False)
-        car = daemon.sidecar("to-docx/note.docx", timeout=240)
-        assert car["status"] == "succeeded"
+        assert daemon.error("to-md/sub/bad.xyz", timeout=120)["error"]["code"] == (
+            "unsupported_route"
+        )
         _wait(
             lambda: (
                 any(e["kind"] == "pruned" for e in _journal(daemon.root))
-                and not (daemon.archive / "to-docx" / "note.md").exists()
+                and not (failed / "bad.xyz").exists()
+                and not (failed / "bad.xyz.error.json").exists()
             ),
             30,
             daemon,
-            "the archived original pruned",
+            "the failed pair pruned",
         )
-        assert daemon.metric("sir_convert_a_lot_files_pruned_total", folder="archive") == 1
+        assert daemon.metric("sir_convert_a_lot_files_pruned_total", folder="failed") == 1
         assert daemon.stop() == 0
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill()
-    assert (daemon.outbox / "to-docx" / "note.docx").is_file()
-    assert (daemon.outbox / "to-docx" / "note.docx.meta.json").is_file()
-    pruned = [e for e in _journal(daemon.root) if e["kind"] == "pruned"]
-    assert [(e["path"], e["code"]) for e in pruned] == [("archive/to-docx/note.md", "archive")]
-    succeeded = next(e for e in _journal(daemon.root) if e["kind"] == "job_succeeded")
-    assert succeeded["seq"] < pruned[0]["seq"]
+    assert failed.is_dir(), "folders stay"
+    journal = _journal(daemon.root)
+    pruned = [e for e in journal if e["kind"] == "pruned"]
+    assert [(e["path"], e["sidecar"], e["code"]) for e in pruned] == [
+        ("failed/to-md/sub/bad.xyz", "failed/to-md/sub/bad.xyz.error.json", "failed")
+    ]
+    failed_event = next(e for e in journal if e["kind"] == "job_failed")
+    assert failed_event["code"] == "unsupported_route"
+    assert failed_event["seq"] < pruned[0]["seq"]
