@@ -13,10 +13,16 @@ each component is opened with ``O_NOFOLLOW`` beneath the descriptor, ``..`` and
 absolute paths are refused before anything is opened, and only a regular file
 with exactly one link, no larger than the cap (from ``fstat``), is read.
 A refusal is a ``ResourceUnavailable`` carrying the warning code for the sidecar.
+
+Every read is remembered (``reads``: the path and what it gave, the content's
+sha256 or the refusal's code), so that a result can be reused later only while
+the files it was made from are still the same (daemon/reuse.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import stat
 from collections.abc import Sequence
@@ -56,6 +62,10 @@ class DropFolder:
         if not stat.S_ISDIR(os.fstat(fd).st_mode):
             raise NotADirectoryError(f"descriptor {fd} is not a folder")
         self._fd: int | None = fd
+        # Each path read (as given) and what it gave: ``sha256:<hex>`` of the
+        # bytes, or the warning code of the refusal.
+        self.reads: dict[str, str] = {}
+        self.read_bytes = 0  # all the bytes ``read`` returned
 
     @classmethod
     def open(cls, path: Path) -> DropFolder:
@@ -97,8 +107,26 @@ class DropFolder:
 
         Raises ResourceUnavailable: ``local_resource_blocked`` (escapes the
         folder, a symbolic link on the way, hard-linked, a FIFO, socket, device
-        or folder), ``resource_missing`` or ``resource_too_large``.
+        or folder), ``resource_missing`` or ``resource_too_large``. The outcome
+        is added to ``reads``.
         """
+        key = relative if isinstance(relative, str) else "/".join(relative)
+        try:
+            body = self._read(relative, max_bytes=max_bytes)
+        except ResourceUnavailable as exc:
+            self.reads[key] = str(exc.code)
+            raise
+        self.reads[key] = "sha256:" + hashlib.sha256(body).hexdigest()
+        self.read_bytes += len(body)
+        return body
+
+    def outcome(self, relative: str, *, max_bytes: int) -> str:
+        """What reading ``relative`` gives now, in the form ``reads`` records."""
+        with contextlib.suppress(ResourceUnavailable):
+            self.read(relative, max_bytes=max_bytes)
+        return self.reads[relative]
+
+    def _read(self, relative: str | Sequence[str], *, max_bytes: int) -> bytes:
         try:
             parts = split_relative(relative)
             return read_regular(self.fileno(), parts, max_bytes)

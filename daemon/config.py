@@ -234,6 +234,10 @@ class ProfileSettings(BaseModel):
         }
     )
     on_success: Literal["archive", "delete"] = "archive"
+    # Result reuse (daemon/reuse.py): an input converted before, the same way, is
+    # not converted again; its earlier output is copied from a cache in .state.
+    reuse: bool = True
+    reuse_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
 
     queue_size: int = Field(default=64, ge=1)
     max_attempts: int = Field(default=3, ge=1, description="crash/worker-loss retries")

@@ -1,4 +1,5 @@
-"""The loopback HTTP listener: /healthz, /readyz, /metrics, /status and /events.
+"""The loopback HTTP listener: /healthz, /readyz, /metrics, /status, /events and
+the status page (/).
 
 An aiohttp app factory with typed ``web.AppKey`` state. Every handler asks the
 Service through its public methods; the app decides nothing. Readiness is
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from daemon.status_page import CONTENT_SECURITY_POLICY, render_status_page
 
 if TYPE_CHECKING:
     from daemon.service import Service
@@ -110,6 +113,21 @@ async def events(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(POLL_SECONDS)
     await response.write_eof()
     return response
+async def status_page(request: web.Request) -> web.Response:
+    """The status page for people (daemon/status_page.py): HTML, no script, no assets."""
+    service = request.app[SERVICE]
+    ready, results = service.evaluate()
+    page = render_status_page(service.status(), ready, results)
+    return web.Response(
+        text=page,
+        content_type="text/html",
+        charset="utf-8",
+        headers={
+            "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+            "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store",
+        },
+    )
 
 
 def make_app(service: Service) -> web.Application:
@@ -120,4 +138,5 @@ def make_app(service: Service) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
     app.router.add_get("/events", events)
+    app.router.add_get("/", status_page)
     return app

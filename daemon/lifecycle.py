@@ -43,6 +43,7 @@ from daemon.metrics import Metrics
 from daemon.names import lossless_b64, readable
 from daemon.options import resolve_options
 from daemon.publish import Publisher
+from daemon.reuse import Reuse
 from daemon.sidecar import (
     ConverterInfo,
     ErrorInfo,
@@ -57,7 +58,7 @@ from daemon.storage import is_storage_error, storage_trouble, wait_for_storage
 from daemon.wire import JobReply, JobRequest
 from daemon.workers import LanePool
 
-__all__ = ["FailureNote", "Lifecycle"]
+__all__ = ["FailureNote", "Lifecycle", "SuccessNote"]
 
 log = structlog.get_logger("sir_convert_a_lot.lifecycle")
 
@@ -70,6 +71,19 @@ class FailureNote:
     relative_path: str
     code: str
     message: str
+    at: str
+
+
+@dataclass(frozen=True)
+class SuccessNote:
+    """A recent success, for /status and the status page."""
+
+    job_id: str
+    relative_path: str
+    output: str
+    route: str
+    convert_seconds: float | None
+    reused: bool
     at: str
 
 
@@ -100,7 +114,9 @@ class Lifecycle:
         self.pools = pools
         self.metrics = metrics
         self.service = service
+        self.reuse = Reuse(settings, self.root, self.store, metrics, service)
         self.failures: collections.deque[FailureNote] = collections.deque(maxlen=50)
+        self.successes: collections.deque[SuccessNote] = collections.deque(maxlen=50)
         self.active: dict[str, Job] = {}
         self._publish_lock = asyncio.Lock()
 
@@ -199,6 +215,7 @@ class Lifecycle:
                 job.reload()
         finally:
             self.active.pop(job.id, None)
+            self.reuse.release(job)
             job.release()
 
     async def _finish_recorded(self, job: Job) -> None:
@@ -226,7 +243,12 @@ class Lifecycle:
                 raise job.options_error
             options = job.options or self.settings.options
             started = datetime.now(UTC)
-            reply = await self._convert(job, resolved, converter.lane, options)
+            # The same input converted the same way before: its output, verified.
+            reply = await self.reuse.lookup(
+                job, resolved, converter, options, self.pools[converter.lane]
+            )
+            if reply is None:
+                reply = await self._convert(job, resolved, converter.lane, options)
         except SirError as exc:
             trouble = await asyncio.to_thread(
                 storage_trouble, self.root, self.settings.min_free_disk_mb
@@ -385,6 +407,8 @@ class Lifecycle:
         sidecar.warnings = list(reply.warnings)
         sidecar.converter = ConverterInfo(name=str(reply.converter), versions=dict(reply.versions))
         info = self.pools[lane].ready_info()
+        reused = self.reuse.hit(job)  # after the merge: the journal's job_reused event
+        sidecar.reused_from = reused.reused_from if reused else None
         sidecar.acceleration = AccelerationInfo(
             policy=self.settings.gpu_policy,
             device=reply.device,
@@ -392,16 +416,30 @@ class Lifecycle:
             device_name=info.device_name if info and reply.device == "cuda" else None,
         )
         output = job.work_dir / resolved.output_relative.name
+        if reused is None:
+            await self.reuse.keep(job, reply, sidecar.timings.finished_at, output)
         async with self._publish_lock:
             await asyncio.to_thread(
                 self.publisher.stage_success, job, output, resolved.output_relative, sidecar
             )
             await asyncio.to_thread(self.publisher.finish_success, job)
         self.metrics.job_finished(route, "succeeded", "")
-        self.metrics.convert_seconds.labels(route).observe(reply.convert_seconds or 0.0)
-        if reply.pages:
-            self.metrics.pages.labels(route).inc(reply.pages)
+        if reused is None:  # a reused job converted nothing
+            self.metrics.convert_seconds.labels(route).observe(reply.convert_seconds or 0.0)
+            if reply.pages:
+                self.metrics.pages.labels(route).inc(reply.pages)
         self.metrics.last_success.set(time.time())
+        self.successes.append(
+            SuccessNote(
+                job.id,
+                readable(job.record.relative_path),
+                readable(job.record.output_relative or ""),
+                route,
+                reply.convert_seconds,
+                reused is not None,
+                datetime.now(UTC).isoformat(),
+            )
+        )
 
     async def _fail(
         self,
@@ -438,6 +476,7 @@ class Lifecycle:
 
     def recover(self) -> list[Job]:
         """Finish what a crash interrupted. Returns the jobs that must be converted again."""
+        self.reuse.open()
         for leftover in self.root.tmp.glob("*"):
             leftover.unlink(missing_ok=True)
         resume: list[Job] = []

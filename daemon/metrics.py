@@ -146,6 +146,28 @@ class Metrics:
             ["folder"],
             registry=r,
         )
+        self.reused = Counter(
+            f"{NS}_jobs_reused",
+            "Jobs whose output was reused from an earlier identical job, not converted, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.reuse_seconds_saved = Counter(
+            f"{NS}_reuse_seconds_saved",
+            "Conversion seconds saved by reuse (the earlier jobs' convert_seconds).",
+            registry=r,
+        )
+        self.reuse_discarded = Counter(
+            f"{NS}_reuse_discarded",
+            "Reuse cache entries found corrupt or incomplete and discarded (the job converted).",
+            registry=r,
+        )
+        self.reuse_cache_bytes = Gauge(
+            f"{NS}_reuse_cache_bytes", "Bytes held by the reuse cache.", registry=r
+        )
+        self.reuse_cache_entries = Gauge(
+            f"{NS}_reuse_cache_entries", "Results held by the reuse cache.", registry=r
+        )
         self.build_info = Info(f"{NS}_build", "Version, revision and profile.", registry=r)
 
     def route_label(self, route: str) -> str:

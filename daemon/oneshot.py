@@ -36,6 +36,8 @@ async def _convert(
     settings = profile.model_copy(
         update={
             "data_root": scratch,
+            # A scratch root lives for one command: a reuse cache there is only copying.
+            "reuse": False,
             # One file at a time: one warm worker, no express slot beside it.
             "cpu": profile.cpu.model_copy(update={"workers": 1, "express_workers": 0}),
             "gpu": profile.gpu.model_copy(update={"workers": 1}),

@@ -23,6 +23,7 @@ __all__ = [
     "ErrorInfo",
     "InputInfo",
     "OutputInfo",
+    "ReusedFrom",
     "RouteInfo",
     "ServiceInfo",
     "Sidecar",
@@ -93,6 +94,13 @@ class Timings(_Strict):
     convert_seconds: float | None = None
 
 
+class ReusedFrom(_Strict):
+    """The earlier job whose output this one reused (docs/automation.md, Result reuse)."""
+
+    job_id: str = Field(description="the job that converted the same input the same way")
+    finished_at: datetime = Field(description="when that job finished")
+
+
 class ServiceInfo(_Strict):
     revision: str
     host: str
@@ -145,6 +153,11 @@ class Sidecar(_Strict):
     service: ServiceInfo
     attempts: int = 1
     error: ErrorInfo | None = None
+    reused_from: ReusedFrom | None = Field(
+        default=None,
+        description="set when the output was not converted but reused from an earlier job "
+        "with the same input, route, options and converter versions (convert_seconds is 0)",
+    )
 
     def to_json(self) -> bytes:
         return (self.model_dump_json(indent=2) + "\n").encode("utf-8")

@@ -30,6 +30,8 @@ __all__ = [
     "MAX_FIELD_CHARS",
     "MAX_ITEMS",
     "MAX_LINE_BYTES",
+    "MAX_RESOURCES",
+    "MAX_RESOURCE_BYTES",
     "Hello",
     "JobReply",
     "JobRequest",
@@ -48,6 +50,10 @@ LINE_LIMIT = 16 * 1024 * 1024
 MAX_FIELD_CHARS = 16 * 1024
 MAX_ITEMS = 500
 MAX_LINE_BYTES = 1024 * 1024
+# Files read beside a document that a reply lists at most, and their bytes in all
+# (more: not listed, and the result is not reusable: checking them again costs too much).
+MAX_RESOURCES = 64
+MAX_RESOURCE_BYTES = 64 * 1024 * 1024
 # Top-level fields kept when a capped message is still too long.
 _ESSENTIAL = ("event", "ok", "retryable", "pid", "lane", "warm", "rss_mb")
 
@@ -145,6 +151,10 @@ class JobReply(_Message):
     versions: dict[str, str] = Field(default_factory=dict)
     convert_seconds: float | None = None
     rss_mb: float | None = None
+    # What the conversion read beside the document (daemon/reuse.py): the base64 of
+    # each path's bytes -> ``sha256:<hex>`` of its content or the refusal's warning
+    # code. None: not known (or more than MAX_RESOURCES / MAX_RESOURCE_BYTES): not reused.
+    resources: dict[str, str] | None = None
 
     @model_validator(mode="after")
     def _failure_has_error(self) -> Self:

@@ -10,6 +10,7 @@ Heavy imports (docling, torch, weasyprint) happen here, never in the main proces
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import functools
 import os
@@ -102,6 +103,18 @@ def _send(stream: IO[str], message: BaseModel) -> None:
 @functools.cache
 def _empty_folder() -> str:
     return tempfile.mkdtemp(prefix="sir-no-drop-")
+
+
+def _resources(drop_folder: DropFolder) -> dict[str, str] | None:
+    """What the job read beside its document, for reuse (``JobReply.resources``)."""
+    from daemon.wire import MAX_RESOURCE_BYTES, MAX_RESOURCES
+
+    if len(drop_folder.reads) > MAX_RESOURCES or drop_folder.read_bytes > MAX_RESOURCE_BYTES:
+        return None
+    return {
+        base64.b64encode(os.fsencode(path)).decode("ascii"): outcome
+        for path, outcome in drop_folder.reads.items()
+    }
 
 
 def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:
@@ -256,6 +269,7 @@ def main() -> int:
                 device=result.device or ctx.device,
                 converter=conv.name,
                 versions=versions.get(str(conv.route), {}),
+                resources=_resources(drop_folder),
             )
         except SirError as exc:
             reply = JobReply.failed(exc)

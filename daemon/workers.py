@@ -20,7 +20,7 @@ import collections
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import structlog
@@ -71,6 +71,9 @@ class SlotState:
     last_error: str | None = None
     express: bool = False  # serves only small jobs of cheap routes (docs/performance.md)
     dead: bool = False  # its task died; restarting
+    jobs_done: int = 0  # by the current worker
+    # Workers of this slot replaced since start, by reason (recycle, memory, timeout...).
+    replaced: dict[str, int] = field(default_factory=dict)
 
 
 class _LaneQueue:
@@ -188,6 +191,23 @@ class LanePool:
             "outstanding": self.outstanding,
         }
 
+    def worker_stats(self) -> list[dict[str, object]]:
+        """One line per slot for /status and the status page: its worker, how many
+        jobs that worker did, and how often the slot's worker was replaced."""
+        return [
+            {
+                "slot": slot.index,
+                "express": slot.express,
+                "pid": slot.pid,
+                "warm": slot.warm,
+                "busy": slot.job_id is not None,
+                "jobs_done": slot.jobs_done,
+                "recycles": slot.replaced.get("recycle", 0),
+                "replaced": dict(sorted(slot.replaced.items())),
+            }
+            for slot in self.slots
+        ]
+
     def budget(self, job: JobRequest) -> float:
         """The job's time budget: its route's base plus a share per MB, capped by the lane."""
         return self.settings.budget_seconds(job.route, int(self._input_mb(job) * 2**20))
@@ -238,6 +258,16 @@ class LanePool:
             await self.queue.put(item)
             self.metrics.queue_depth.labels(self.lane.value).set(self.queue.qsize())
             return await item.future
+        finally:
+            self.outstanding -= 1
+
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Count a job of this lane that waits without a worker (for an identical job
+        to finish, daemon/reuse.py) as outstanding, so intake's back-pressure sees it."""
+        self.outstanding += 1
+        try:
+            yield
         finally:
             self.outstanding -= 1
 
@@ -302,6 +332,8 @@ class LanePool:
         if worker is not None:
             await worker.stop(grace=2.0)
         self.metrics.worker_restarts.labels(self.lane.value, reason).inc()
+        slot.replaced[reason] = slot.replaced.get(reason, 0) + 1
+        slot.jobs_done = 0
         log.info("worker_replaced", lane=self.lane.value, reason=reason)
         await self._ensure_worker(slot)
 
@@ -402,6 +434,7 @@ class LanePool:
         finally:
             in_flight.dec()
             slot.busy_since, slot.job_id = None, None
+        slot.jobs_done = worker.jobs_done
         if not item.future.done():
             item.future.set_result(reply)
         if (

@@ -22,7 +22,7 @@ from ops.bench_lib.report import render, targets
 __all__ = ["SCHEMA", "build_parser", "main"]
 
 SCHEMA = "sir-convert-a-lot-bench/1"
-SECTIONS = ("latency", "throughput", "scale", "scan", "memory")
+SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "reuse")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +136,10 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
         from ops.bench_lib.memory import measure_memory
 
         attempt("memory", lambda: measure_memory(bench))
+    if "reuse" in sections:
+        from ops.bench_lib.reuse import measure_reuse
+
+        attempt("reuse", lambda: measure_reuse(bench))
 
 
 def main(argv: list[str] | None = None) -> int:

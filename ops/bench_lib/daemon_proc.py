@@ -20,9 +20,14 @@ __all__ = ["REPO", "BenchDaemon", "free_port"]
 
 
 class BenchDaemon(DaemonProcess):
-    """One daemon process. ``extra`` is TOML appended to ``[profiles.eval]``."""
+    """One daemon process. ``extra`` is TOML appended to ``[profiles.eval]``.
 
-    def __init__(self, base: Path, *, models_dir: Path | None, extra: str = "") -> None:
+    Result reuse is off unless ``reuse``: the sections drop copies of one template
+    and measure conversions, which reuse would skip (ops/bench_lib/reuse.py)."""
+
+    def __init__(
+        self, base: Path, *, models_dir: Path | None, extra: str = "", reuse: bool = False
+    ) -> None:
         base.mkdir(parents=True, exist_ok=True)
         root = base / "root"
         self.config = base / "config.toml"
@@ -33,6 +38,7 @@ class BenchDaemon(DaemonProcess):
             f"http_port = {port}\n"
             'gpu_policy = "preferred"\n'
             + (f'models_dir = "{models_dir}"\n' if models_dir else "")
+            + ("" if reuse else "reuse = false\n")
             + extra,
             encoding="utf-8",
         )

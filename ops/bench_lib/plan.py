@@ -30,7 +30,8 @@ class Plan:
     scan_files: int
     memory_jobs: int
     memory_recycle: int
-    sections: tuple[str, ...] = ("latency", "throughput", "scale", "scan", "memory")
+    reuse_files: int  # PDFs per batch in the reuse section (different, then copies)
+    sections: tuple[str, ...] = ("latency", "throughput", "scale", "scan", "memory", "reuse")
 
 
 MODES: dict[str, Plan] = {
@@ -50,6 +51,7 @@ MODES: dict[str, Plan] = {
         scan_files=2_000,
         memory_jobs=0,
         memory_recycle=0,
+        reuse_files=0,
         sections=("scan",),
     ),
     "quick": Plan(
@@ -68,6 +70,7 @@ MODES: dict[str, Plan] = {
         scan_files=20_000,
         memory_jobs=200,
         memory_recycle=50,
+        reuse_files=20,
     ),
     "full": Plan(
         name="full",
@@ -85,6 +88,7 @@ MODES: dict[str, Plan] = {
         scan_files=100_000,
         memory_jobs=1_000,
         memory_recycle=200,
+        reuse_files=100,
     ),
 }
 

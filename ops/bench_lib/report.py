@@ -48,6 +48,10 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ratio <= 1.15,
                 )
             )
+    reuse = results.get("reuse")
+    if reuse:
+        n = reuse["copies_converted"]
+        out.append(_t(f"conversions for {reuse['files']} copies of one PDF", "1", n, n == 1))
     scale = results.get("scale")
     if scale:
         rss = max(scale["main_rss_peak_hwm_mb"], scale["main_rss_peak_sampled_mb"])
@@ -147,6 +151,24 @@ def _tables(report: dict[str, Any]) -> list[Table]:
                 rows,
             )
         )
+    reuse = results.get("reuse")
+    if reuse:
+        rows = [
+            ["PDFs per batch", _f(reuse["files"])],
+            [
+                "different PDFs: drain s / converted",
+                f"{_f(reuse['different_drain_seconds'], 1)} / {reuse['different_converted']}",
+            ],
+            [
+                "copies of one PDF: drain s / converted",
+                f"{_f(reuse['copies_drain_seconds'], 1)} / {reuse['copies_converted']}",
+            ],
+            ["copies served from the cache", _f(reuse["copies_reused"])],
+            ["speed-up (different / copies)", f"{_f(reuse['speedup'], 1)}x"],
+            ["median convert s (different)", _f(reuse["median_convert_seconds"])],
+            ["conversion s saved (metric)", _f(reuse["reuse_seconds_saved"], 1)],
+        ]
+        tables.append((f"Result reuse ({reuse['route']}, tiny models)", ["measure", "value"], rows))
     scale = results.get("scale")
     if scale:
         peak_main = max(scale["main_rss_peak_hwm_mb"], scale["main_rss_peak_sampled_mb"])

@@ -141,3 +141,21 @@ def test_policy_maps_only_urls_under_the_base_into_the_folder(
         assert policy.warnings == [code]
         body, _, _ = policy.load("file:///sir-convert-a-lot-drop/images/fig%2Epng#frag")
         assert body == b"below"
+
+
+def test_every_read_is_remembered_with_what_it_gave(drop: Path) -> None:
+    import hashlib
+
+    with DropFolder.open(drop) as folder:
+        folder.read("fig.png", max_bytes=100)
+        _refusal(folder, "missing.png")
+        _refusal(folder, "../outside/secret.txt")
+        assert folder.reads == {
+            "fig.png": "sha256:" + hashlib.sha256(b"beside").hexdigest(),
+            "missing.png": WarningCode.RESOURCE_MISSING,
+            "../outside/secret.txt": WarningCode.LOCAL_RESOURCE_BLOCKED,
+        }
+        before = folder.reads["fig.png"]
+        (drop / "fig.png").write_bytes(b"changed")
+        assert folder.outcome("fig.png", max_bytes=100) != before
+        assert folder.outcome("missing.png", max_bytes=100) == "resource_missing"

@@ -422,3 +422,24 @@ def test_ready_is_sent_once_started_and_status_names_what_blocks_intake(
     finally:
         systemd.close()
         os.unlink(address)
+
+
+# -- / (the status page) --------------------------------------------------------------
+
+
+async def test_the_status_page_is_html_that_loads_nothing_and_says_why_it_is_not_ready(
+    build: Build, client: Callable[..., Any]
+) -> None:
+    service = build()
+    await watch(service)
+    http = await client(service)
+    resp = await http.get("/")
+    page = await resp.text()
+    assert resp.status == 200
+    assert resp.content_type == "text/html" and resp.charset == "utf-8"
+    assert resp.headers["Content-Security-Policy"].startswith("default-src 'none'")
+    assert "<script" not in page and "src=" not in page
+    assert '<meta http-equiv="refresh" content="5">' in page
+    # Pools were not started: the page says not ready, and why.
+    assert "<strong>Not ready</strong>: workers_not_warm" in page
+    assert '<a href="/metrics">' in page and '<a href="/events">' in page
