@@ -14,6 +14,8 @@ import json
 import os
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -104,10 +106,17 @@ class JobAnnouncer:
         route = self._route(job)
         if job.record.phase == "publishing":
             relative = readable(job.record.output_relative or "")
+            sidecar = self._published_sidecar(
+                self.root.outbox / f"{job.record.output_relative}{META_SUFFIX}"
+            )
+            reused = sidecar.get("reused_from") if sidecar else None
+            reused_from = str(reused["job_id"]) if isinstance(reused, dict) else None
+            kind = EventKind.JOB_SUCCEEDED if reused_from is None else EventKind.JOB_REUSED
             self.journal.append_once(
-                EventKind.JOB_SUCCEEDED,
-                event_id(job.id, EventKind.JOB_SUCCEEDED),
+                kind,
+                event_id(job.id, kind),
                 since=since,
+                reused_from=reused_from,
                 job_id=job.id,
                 input=name,
                 route=route,
@@ -130,24 +139,32 @@ class JobAnnouncer:
             code=self._error_code(job),
         )
 
-    def _error_code(self, job: Job) -> str | None:
-        """The code from the error sidecar the daemon just published."""
-        if job.record.failed_relative is None:
-            return None
-        path = self.root.failed / f"{job.record.failed_relative}{ERROR_SUFFIX}"
+    def _published_sidecar(self, path: Path) -> dict[str, Any] | None:
+        """A sidecar the daemon just published (read back, never following a link)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return None
         try:
-            data = os.read(fd, 256 * 1024)
+            data = os.read(fd, 1 << 20)
         finally:
             os.close(fd)
         try:
-            code = json.loads(data)["error"]["code"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("error_sidecar_unreadable", job_id=job.id)
+            value = json.loads(data)
+        except ValueError:
+            log.warning("sidecar_unreadable", path=str(path))
             return None
+        return value if isinstance(value, dict) else None
+
+    def _error_code(self, job: Job) -> str | None:
+        """The code from the error sidecar the daemon just published."""
+        if job.record.failed_relative is None:
+            return None
+        sidecar = self._published_sidecar(
+            self.root.failed / f"{job.record.failed_relative}{ERROR_SUFFIX}"
+        )
+        error = sidecar.get("error") if sidecar else None
+        code = error.get("code") if isinstance(error, dict) else None
         return str(code) if code is not None else None
 
 

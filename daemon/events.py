@@ -109,6 +109,9 @@ class Event(BaseModel):
         "what was pruned (pruned: archive, failed, outbox)",
     )
     attempt: int | None = Field(default=None, description="how many times a worker took the job")
+    reused_from: str | None = Field(
+        default=None, description="job_reused: the earlier job whose output was reused"
+    )
     ready: bool | None = Field(default=None, description="readiness_changed: ready now or not")
     reasons: list[str] = Field(
         default_factory=list, description="readiness_changed: the failing checks' codes"

@@ -113,6 +113,8 @@ async def events(request: web.Request) -> web.StreamResponse:
             await asyncio.sleep(POLL_SECONDS)
     await response.write_eof()
     return response
+
+
 async def status_page(request: web.Request) -> web.Response:
     """The status page for people (daemon/status_page.py): HTML, no script, no assets."""
     service = request.app[SERVICE]

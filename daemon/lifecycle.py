@@ -407,7 +407,7 @@ class Lifecycle:
         sidecar.warnings = list(reply.warnings)
         sidecar.converter = ConverterInfo(name=str(reply.converter), versions=dict(reply.versions))
         info = self.pools[lane].ready_info()
-        reused = self.reuse.hit(job)  # after the merge: the journal's job_reused event
+        reused = self.reuse.hit(job)  # its final event is job_reused (announce.py)
         sidecar.reused_from = reused.reused_from if reused else None
         sidecar.acceleration = AccelerationInfo(
             policy=self.settings.gpu_policy,
