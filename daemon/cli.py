@@ -14,7 +14,8 @@ from converters.base import GPU_POLICIES
 from converters.errors import ExitCode, SirError
 from daemon.config import ProfileSettings, Settings, check_data_roots, load_settings
 from daemon.errors import ConfigError
-from daemon.events import Event, EventKind, Gap, JournalReader
+from daemon.event_reader import JournalReader
+from daemon.events import Event, EventKind, Gap
 from daemon.logs import configure_logging
 from daemon.names import printable
 from daemon.revision import code_dirs

@@ -32,7 +32,7 @@ from converters.registry import Registry, default_registry
 from daemon.announce import StateAnnouncer
 from daemon.automation import AutomationTasks, open_journal
 from daemon.config import ProfileSettings, Settings
-from daemon.events import JournalReader
+from daemon.event_reader import JournalReader
 from daemon.ignore import IgnoreRules
 from daemon.jobs import Job
 from daemon.layout import DataRoot, normalize_extension

@@ -31,7 +31,8 @@ import structlog
 from daemon.config import NotifySettings
 from daemon.durable import atomic_write
 from daemon.errors import ConfigError
-from daemon.events import FINAL_KINDS, Event, Journal, JournalReader
+from daemon.event_reader import JournalReader
+from daemon.events import FINAL_KINDS, Event, Journal
 from daemon.layout import DataRoot
 from daemon.metrics import Metrics
 

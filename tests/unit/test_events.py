@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from daemon.config import load_settings
-from daemon.events import FINAL_KINDS, Event, EventKind, Gap, Journal, JournalReader, segment_files
+from daemon.event_reader import JournalReader
+from daemon.events import FINAL_KINDS, Event, EventKind, Gap, Journal, segment_files
 from daemon.http import make_app
 from daemon.service import Service
 
