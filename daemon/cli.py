@@ -14,6 +14,8 @@ from converters.base import GPU_POLICIES
 from converters.errors import ExitCode, SirError
 from daemon.config import ProfileSettings, Settings, check_data_roots, load_settings
 from daemon.errors import ConfigError
+from daemon.event_reader import JournalReader
+from daemon.events import Event, EventKind, Gap
 from daemon.logs import configure_logging
 from daemon.names import printable
 from daemon.revision import code_dirs
@@ -49,7 +51,7 @@ async def _serve(settings: Settings, profile: ProfileSettings) -> None:
     from daemon.notify import Notifier
     from daemon.service import Service
 
-    service = Service(settings, profile, Notifier.from_environment())
+    service = Service(settings, profile, Notifier.from_environment(), journal=True)
     await service.start()
     runner = web.AppRunner(make_app(service), access_log=None, handle_signals=False)
     await runner.setup()
@@ -166,6 +168,45 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- events ------------------------------------------------------------------------------
+
+
+def _event_line(event: Event) -> str:
+    """The readable form (a terminal): names came from droppers, printed escaped."""
+    what = event.path or event.input or ""
+    extra = event.code or ""
+    if event.kind == EventKind.READINESS_CHANGED:
+        extra = "ready" if event.ready else "not ready: " + ", ".join(event.reasons)
+    return printable(
+        f"{event.seq:>8}  {event.at:%Y-%m-%d %H:%M:%S}  {event.kind:<17}  "
+        f"{event.job_id or '-':<28}  {what}  {extra}".rstrip()
+    )
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from daemon.layout import DataRoot
+
+    _, profile = _load(args)
+    folder = DataRoot(profile.data_root).events
+    if not folder.is_dir() and not args.follow:
+        print(f"no events journal in {folder} (has the daemon run?)", file=sys.stderr)
+        return ExitCode.UNAVAILABLE
+    readable = sys.stdout.isatty() and not args.json
+    reader = JournalReader(folder, after=args.since)
+    for item in reader.follow(stop=lambda: not args.follow):
+        if isinstance(item, Gap):
+            print(
+                f"events after seq {item.after} up to {item.first_available - 1} were "
+                "rotated away (events.retention_days)",
+                file=sys.stderr,
+            )
+            if not readable:
+                print(json.dumps({"gap": item.as_dict()}), flush=True)
+            continue
+        print(_event_line(item) if readable else item.model_dump_json(), flush=True)
+    return 0
+
+
 # -- convert, models, schema ---------------------------------------------------------------
 
 
@@ -195,7 +236,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_schema(args: argparse.Namespace) -> int:
     from daemon.sidecar import Sidecar
 
-    print(json.dumps(Sidecar.model_json_schema(), indent=2))
+    model = Event if args.events else Sidecar
+    print(json.dumps(model.model_json_schema(), indent=2))
     return 0
 
 
@@ -241,6 +283,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
     p = add(
+        "events",
+        "Print the events journal (JSON lines; readable on a terminal), and follow it.",
+    )
+    p.add_argument("--since", type=int, default=0, metavar="SEQ", help="events after SEQ")
+    p.add_argument("--follow", action="store_true", help="keep printing new events")
+    p.add_argument("--json", action="store_true", help="JSON lines even on a terminal")
+    p.set_defaults(func=cmd_events)
+    p = add(
         "models",
         "Provision (fetch) or inspect (check) docling's model artifacts.",
         profile_required=False,
@@ -248,9 +298,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "check"])
     p.add_argument("--models-dir", default=None)
     p.set_defaults(func=cmd_models)
-    add("schema", "Print the sidecar JSON Schema.", profile_required=False).set_defaults(
-        func=cmd_schema
-    )
+    p = add("schema", "Print the sidecar (or events) JSON Schema.", profile_required=False)
+    p.add_argument("--events", action="store_true", help="the events journal's schema")
+    p.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -34,6 +34,9 @@ __all__ = [
     "DEFAULT_IGNORE_DIRS",
     "DEFAULT_IGNORE_PATTERNS",
     "EnvOverrides",
+    "EventsSettings",
+    "NotifySettings",
+    "RetentionSettings",
     "LANE_DEFAULTS",
     "LaneSettings",
     "RouteBudget",
@@ -148,6 +151,53 @@ LANE_DEFAULTS: dict[str, dict[str, object]] = {
 }
 
 
+class EventsSettings(BaseModel):
+    """``[profiles.NAME.events]``: the events journal in ``<data root>/events/``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_segment_mb: float = Field(default=16.0, gt=0)
+    retention_days: float | None = Field(default=30.0, gt=0)
+
+
+class NotifySettings(BaseModel):
+    """``[profiles.NAME.notify]``: webhooks. Off (no outbound HTTP) unless ``url`` is set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = None
+    secret_file: Path | None = None
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
+            raise ValueError("notify.url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret_file")
+    @classmethod
+    def _absolute_secret(cls, value: Path | None) -> Path | None:
+        return value.absolute() if value is not None else None
+
+
+class RetentionSettings(BaseModel):
+    """``[profiles.NAME.retention]``: prune archive/, failed/, outbox/ (off by default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    archive_days: float | None = Field(default=None, gt=0)
+    failed_days: float | None = Field(default=None, gt=0)
+    outbox_days: float | None = Field(default=None, gt=0)
+    sweep_interval_seconds: float = Field(default=3600.0, gt=0)
+
+    @property
+    def enabled(self) -> bool:
+        return any(d is not None for d in (self.archive_days, self.failed_days, self.outbox_days))
+
+
 class ProfileSettings(BaseModel):
     """Everything one daemon process needs. Frozen: settings are never mutated."""
 
@@ -199,6 +249,9 @@ class ProfileSettings(BaseModel):
 
     options: ConvertOptions = ConvertOptions()
     limits: Limits = Limits()
+    events: EventsSettings = EventsSettings()
+    notify: NotifySettings = NotifySettings()
+    retention: RetentionSettings = RetentionSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @field_validator("cpu", "gpu", mode="before")

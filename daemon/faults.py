@@ -9,7 +9,8 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   ``sidecar_write`` (sidecar staged, phase not yet ``publishing``),
   ``publish_output`` (output in outbox/, sidecar not yet), ``publish_artifact``
   (after each further artifact of a set: images folder, JSON, chunks), ``archive`` (sidecar
-  published, input not yet archived), ``finish`` (input archived, job folder not
+  published, its final event not yet written), ``announced`` (event written,
+  input not yet archived), ``finish`` (input archived, job folder not
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
   sidecar not yet). ``dispatch`` waits (without blocking the event loop)
   between the claim and handing the job to a worker, widening the window in
@@ -42,6 +43,7 @@ POINTS = frozenset(
         "publish_output",
         "publish_artifact",
         "archive",
+        "announced",
         "finish",
         "fail_input",
     }

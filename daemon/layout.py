@@ -5,6 +5,7 @@
       outbox/           results and their .meta.json sidecars, mirrored paths
       failed/           inputs that failed, each with <name>.error.json
       archive/          originals of successful jobs (unless on_success = "delete")
+      events/           the events journal, JSON Lines segments (daemon/events.py)
       .state/jobs/<id>/ claimed work in progress (input, job record, staged output)
       .state/tmp/       staging for atomic writes into outbox/failed/archive
 
@@ -74,6 +75,10 @@ class DataRoot:
         return self.root / "archive"
 
     @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
     def state(self) -> Path:
         return self.root / ".state"
 
@@ -92,6 +97,7 @@ class DataRoot:
             self.outbox,
             self.failed,
             self.archive,
+            self.events,
             self.state,
             self.jobs,
             self.tmp,
@@ -100,6 +106,7 @@ class DataRoot:
     def create(self) -> None:
         """Create the layout (idempotent) and check it sits on one filesystem.
 
+        ``events/`` is 0750: readable by the group, written by the daemon only.
         ``.state`` is the daemon's alone (mode 0700, whatever the umask): the
         people who drop files share the service group and may write the inbox,
         but a job record they could plant or edit would steer the daemon's
@@ -110,6 +117,10 @@ class DataRoot:
         for private in (self.state, self.jobs, self.tmp):
             if os.stat(private).st_mode & 0o777 != 0o700:
                 os.chmod(private, 0o700)
+        # The journal: the service's group may read it, only the daemon writes it
+        # (a planted segment would be posted to webhooks as the daemon's word).
+        if os.stat(self.events).st_mode & 0o777 != 0o750:
+            os.chmod(self.events, 0o750)  # noqa: S103 (group read is the point)
         self.check_one_filesystem()
 
     def exists(self) -> bool:

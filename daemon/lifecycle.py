@@ -34,8 +34,10 @@ from converters.errors import (
 )
 from converters.registry import Registry
 from daemon import faults
+from daemon.announce import JobAnnouncer
 from daemon.config import ProfileSettings
 from daemon.errors import CrashLoop, InputStillChanging, WorkerCrashed
+from daemon.events import Journal
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
@@ -94,7 +96,11 @@ class Lifecycle:
         pools: dict[Lane, LanePool],
         metrics: Metrics,
         service: ServiceInfo,
+        *,
+        journal: Journal | None = None,
     ) -> None:
+        """``journal``: the events journal, for the daemon only (``check`` and
+        ``convert`` write none)."""
         self.settings = settings
         self.root = DataRoot(settings.data_root)
         self.store = JobStore(
@@ -103,6 +109,8 @@ class Lifecycle:
         self.publisher = Publisher(
             self.root, self.store, delete_on_success=settings.on_success == "delete"
         )
+        self.announce = JobAnnouncer(self.root, journal, settings.default_targets)
+        self.publisher.on_commit = self.announce.finished
         self.registry = registry
         self.pools = pools
         self.metrics = metrics
@@ -142,6 +150,7 @@ class Lifecycle:
             job = self.store.claim(relative, levels[-1], detected_at)
             if job is not None:
                 self._pin(job, levels)
+                self.announce.claimed(job)
         finally:
             for fd in levels:
                 os.close(fd)
@@ -322,6 +331,7 @@ class Lifecycle:
             except WorkerCrashed:
                 if job.record.attempts >= self.settings.max_attempts:
                     raise
+                await asyncio.to_thread(self.announce.retried, job, "worker_crashed")
                 log.warning(
                     "job_retry_after_worker_loss", job_id=job.id, attempt=job.record.attempts
                 )
@@ -398,7 +408,7 @@ class Lifecycle:
         sidecar.warnings = list(reply.warnings)
         sidecar.converter = ConverterInfo(name=str(reply.converter), versions=dict(reply.versions))
         info = self.pools[lane].ready_info()
-        reused = self.reuse.hit(job)  # after the merge: the journal's job_reused event
+        reused = self.reuse.hit(job)  # its final event is job_reused (announce.py)
         sidecar.reused_from = reused.reused_from if reused else None
         sidecar.acceleration = AccelerationInfo(
             policy=self.settings.gpu_policy,
@@ -501,6 +511,9 @@ class Lifecycle:
                     job.record.phase = "claimed"
                     job.save()
                 self.repin(job)
+                self.announce.claimed(job)  # if the crash came before it
+                if 0 < job.record.attempts < self.settings.max_attempts:
+                    self.announce.retried(job, "daemon_restarted")
                 resume.append(job)
         return resume
 

@@ -122,6 +122,30 @@ class Metrics:
             ["where"],
             registry=r,
         )
+        self.events_written = Counter(
+            f"{NS}_events_written",
+            "Events written to the journal, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            f"{NS}_webhook_deliveries",
+            "Webhook POSTs, by outcome (delivered, failed: will be retried; "
+            "skipped: rotated away before delivery).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_backlog = Gauge(
+            f"{NS}_webhook_backlog_events",
+            "Events written to the journal and not yet delivered by the webhook sender.",
+            registry=r,
+        )
+        self.files_pruned = Counter(
+            f"{NS}_files_pruned",
+            "Files removed by the retention sweeper, by folder (archive, failed, outbox).",
+            ["folder"],
+            registry=r,
+        )
         self.reused = Counter(
             f"{NS}_jobs_reused",
             "Jobs whose output was reused from an earlier identical job, not converted, by route.",

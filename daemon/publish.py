@@ -17,6 +17,7 @@ and a sidecar is never visible before every file it names.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 
 from converters.outputs import relink_figures
@@ -58,6 +59,10 @@ class Publisher:
         self.root = root
         self.store = store
         self.delete_on_success = delete_on_success
+        # Called once the sidecar is durable in outbox/ or failed/, before the job
+        # folder goes: the job's final event (daemon/announce.py). Called again
+        # by recovery when the folder survived a crash; the callee is idempotent.
+        self.on_commit: Callable[[Job], None] | None = None
 
     # -- success ---------------------------------------------------------------
 
@@ -127,6 +132,8 @@ class Publisher:
         if job.staged_sidecar.exists():
             durable_move(job.staged_sidecar, target.with_name(target.name + META_SUFFIX))
             faults.delay("archive")
+        self._committed(job)
+        faults.delay("announced")
         self._retire_input(job)
         faults.delay("finish")
         self.store.finish(job)
@@ -169,8 +176,12 @@ class Publisher:
             if sidecar_path.exists():
                 os.unlink(sidecar_path)  # a stale one from an earlier failure of this name
             durable_move(job.staged_sidecar, sidecar_path)
+        self._committed(job)
         self.store.finish(job)
 
+    def _committed(self, job: Job) -> None:
+        if self.on_commit is not None:
+            self.on_commit(job)
 
 # -- the set of artifacts ------------------------------------------------------------
 

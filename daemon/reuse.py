@@ -85,12 +85,8 @@ class ReuseHit:
     saved_seconds: float | None  # the earlier job's convert_seconds
 
     def event_fields(self) -> dict[str, Any]:
-        """The fields of the events journal's ``job_reused`` event.
-
-        The journal (daemon/events.py, built on another branch) is not wired here:
-        after the merge, ``Lifecycle._succeed`` emits ``job_reused`` with these
-        fields where it reads ``self.reuse.hit(job)``.
-        """
+        """The fields of the ``job_reused`` log line. The journal's ``job_reused``
+        event is written at publishing, from the sidecar (daemon/announce.py)."""
         return {
             "job_id": self.job_id,
             "route": self.route,

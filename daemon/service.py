@@ -29,7 +29,10 @@ import structlog
 from converters.base import Lane
 from converters.errors import SirError
 from converters.registry import Registry, default_registry
+from daemon.announce import StateAnnouncer
+from daemon.automation import AutomationTasks, open_journal
 from daemon.config import ProfileSettings, Settings
+from daemon.event_reader import JournalReader
 from daemon.ignore import IgnoreRules
 from daemon.jobs import Job
 from daemon.layout import DataRoot, normalize_extension
@@ -55,10 +58,16 @@ REFRESH_SECONDS = 1.0
 
 class Service:
     def __init__(
-        self, settings: Settings, profile: ProfileSettings, notifier: Notifier | None = None
+        self,
+        settings: Settings,
+        profile: ProfileSettings,
+        notifier: Notifier | None = None,
+        *,
+        journal: bool = False,
     ) -> None:
-        """``notifier``: systemd's socket, for the daemon only (``check`` and
-        ``convert`` say nothing to systemd)."""
+        """``notifier``: systemd's socket, and ``journal``: the events journal,
+        webhooks and retention, for the daemon only (``check`` and ``convert``
+        say nothing to systemd and write no events)."""
         self.all_settings = settings
         self.settings = profile
         self.root = DataRoot(profile.data_root)
@@ -82,7 +91,16 @@ class Service:
             )
             for lane in (Lane.GPU, Lane.CPU)
         }
-        self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
+        self.journal = open_journal(profile, self.root, self.metrics) if journal else None
+        self.announce = StateAnnouncer(self.journal)
+        self.lifecycle = Lifecycle(
+            profile, self.registry, self.pools, self.metrics, self.info, journal=self.journal
+        )
+        self.automation = (
+            AutomationTasks(profile, self.root, self.journal, self.metrics)
+            if self.journal is not None
+            else None
+        )
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -300,6 +318,8 @@ class Service:
         self.intake_paused_reason = next(
             (r.code for r in results if not r.ok and r.code in INTAKE_BLOCKERS), None
         )
+        self.announce.intake(self.intake_paused_reason)
+        self.announce.readiness(ready, [r.code for r in results if not r.ok])
         return ready, results
 
     def refresh(self) -> None:
@@ -324,6 +344,12 @@ class Service:
         if self.intake_paused_reason is not None:
             return f"not taking files ({failing}); {counts}"
         return f"not ready ({failing}); {counts}"
+
+    def events_reader(self, after: int) -> JournalReader | None:
+        """A reader of the events journal after seq ``after`` (None without a journal)."""
+        if self.journal is None:
+            return None
+        return JournalReader(self.journal.folder, after=after)
 
     def identity(self) -> dict[str, Any]:
         """Who answers: profile, revision, version, uptime."""
@@ -403,7 +429,10 @@ class Service:
             loop.add_signal_handler(sig, self.stopping.set)
         await asyncio.to_thread(self.root.create)
         self.root.adopt(self.settings.name)
-        for job in await asyncio.to_thread(self.lifecycle.recover):
+        if self.automation is not None:
+            self.automation.prepare()  # the webhook cursor starts before recovery's events
+        recovered = await asyncio.to_thread(self.lifecycle.recover)
+        for job in recovered:
             error = self.lifecycle.crash_looped(job)
             if error is not None:
                 await self.lifecycle.fail_now(job, error)
@@ -412,6 +441,9 @@ class Service:
         await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
+        self.announce.started(len(recovered))
+        if self.automation is not None:
+            self.automation.start()
         log.info(
             "service_started",
             profile=self.settings.name,
@@ -439,6 +471,7 @@ class Service:
         stop the workers, and leave the rest in .state for the next start."""
         self.stopping.set()
         self.notifier.stopping()
+        self.announce.stopping(len(self.lifecycle.active))
         seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         log.info("draining", in_flight=len(self.lifecycle.active), seconds=seconds)
         self.watcher.stop()
@@ -451,5 +484,9 @@ class Service:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.automation is not None:
+            await self.automation.stop()
+        if self.journal is not None:
+            self.journal.close()
         # Jobs still claimed stay in .state and are resumed after the restart.
         log.info("stopped", unfinished=len(self._tasks))

@@ -114,6 +114,20 @@ def test_one_conversion_for_100_copies_and_every_change_converts_again(running: 
     assert {sha(p) for p in outputs} == {first["output"]["sha256"]}
     assert len({p.stat().st_ino for p in outputs}) == COPIES
     assert metric(daemon, "sir_convert_a_lot_jobs_reused_total", '{route="html->pdf"}') == 99
+    # The events journal ends each copy once: one job_succeeded, 99 job_reused.
+    ids = {s["job_id"] for s in sidecars}
+    finals: dict[str, dict[str, Any]] = {}
+    for path in sorted((daemon.root / "events").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            event = json.loads(line)
+            if event["job_id"] in ids and event["kind"] in ("job_succeeded", "job_reused"):
+                assert event["job_id"] not in finals, event
+                finals[event["job_id"]] = event
+    assert finals[first["job_id"]]["kind"] == "job_succeeded"
+    assert sorted(e["kind"] for e in finals.values()) == ["job_reused"] * 99 + ["job_succeeded"]
+    assert {e["reused_from"] for e in finals.values() if e["kind"] == "job_reused"} == {
+        first["job_id"]
+    }
     saved = metric(daemon, "sir_convert_a_lot_reuse_seconds_saved_total")
     assert saved == pytest.approx(99 * first["timings"]["convert_seconds"], rel=1e-3)
     print(

@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 
 from converters.base import ConvertOptions, Limits
-from daemon.config import EnvOverrides, LaneSettings, ProfileSettings
+from daemon.config import (
+    EnvOverrides,
+    EventsSettings,
+    LaneSettings,
+    NotifySettings,
+    ProfileSettings,
+    RetentionSettings,
+)
 from daemon.errors import known_codes
 from daemon.sidecar import Sidecar
 
@@ -16,7 +23,15 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 def test_every_setting_is_in_configuration_md() -> None:
     text = (DOCS / "configuration.md").read_text()
-    for model in (ProfileSettings, LaneSettings, ConvertOptions, Limits):
+    for model in (
+        ProfileSettings,
+        LaneSettings,
+        ConvertOptions,
+        Limits,
+        EventsSettings,
+        NotifySettings,
+        RetentionSettings,
+    ):
         for name in model.model_fields:
             if name == "name":
                 continue
@@ -34,6 +49,23 @@ def test_every_error_code_is_documented() -> None:
 def test_published_sidecar_schema_matches_the_model() -> None:
     published = json.loads((DOCS / "sidecar.schema.json").read_text())
     assert published == Sidecar.model_json_schema()
+
+
+def test_published_events_schema_matches_the_model() -> None:
+    from daemon.events import Event
+
+    published = json.loads((DOCS / "events.schema.json").read_text())
+    assert published == Event.model_json_schema()
+
+
+def test_every_event_kind_and_field_is_documented() -> None:
+    from daemon.events import Event, EventKind
+
+    text = (DOCS / "automation.md").read_text()
+    for kind in EventKind:
+        assert f"`{kind}`" in text, f"event kind {kind} is not in docs/automation.md"
+    for name in Event.model_fields:
+        assert f"`{name}`" in text, f"event field {name} is not in docs/automation.md"
 
 
 def test_every_sidecar_field_is_described() -> None:

@@ -1,0 +1,122 @@
+"""The webhook sender (daemon/webhooks.py) against a real aiohttp server on
+loopback: only final events, in order, signed; the cursor is durable, starts at
+the journal's end on first use, and a receiver that refuses is retried."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from daemon.config import NotifySettings
+from daemon.events import EventKind, Journal
+from daemon.layout import DataRoot
+from daemon.metrics import Metrics
+from daemon.webhooks import SIGNATURE_HEADER, WebhookSender, sign
+
+pytestmark = pytest.mark.unit
+
+
+class Hook:
+    def __init__(self, refuse_first: int = 0) -> None:
+        self.refuse = refuse_first
+        self.got: list[tuple[dict[str, Any], str, str]] = []  # body, signature, event id
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if self.refuse > 0:
+            self.refuse -= 1
+            return web.Response(status=500)
+        self.got.append(
+            (
+                json.loads(body),
+                request.headers.get(SIGNATURE_HEADER, ""),
+                request.headers.get("X-Sir-Convert-A-Lot-Event-Id", ""),
+            )
+        )
+        return web.Response(status=204)
+
+
+async def wait_for(condition: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "not in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_final_events_are_posted_signed_in_order_and_the_cursor_survives(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    hook = Hook(refuse_first=1)
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    server = await aiohttp_server(app)
+    secret = tmp_path / "secret"
+    secret.write_text("k3y\n")
+    root = DataRoot(tmp_path / "root")
+    root.create()
+    journal = Journal(root.events, "eval")
+    journal.append(EventKind.JOB_SUCCEEDED, "history:job_succeeded", job_id="history")
+    settings = NotifySettings(
+        url=str(server.make_url("/hook")), secret_file=secret, backoff_max_seconds=0.2
+    )
+    metrics = Metrics("eval", routes=["md->pdf"])
+
+    sender = WebhookSender(settings, root, journal, metrics)
+    assert sender.delivered == 1, "first use: history is not pushed"
+    journal.append(EventKind.JOB_CLAIMED, "a:job_claimed", job_id="a")
+    journal.append(EventKind.JOB_SUCCEEDED, "a:job_succeeded", job_id="a", path="outbox/a.pdf")
+    journal.append(EventKind.JOB_FAILED, "b:job_failed", job_id="b", code="corrupt_input")
+    task = asyncio.create_task(sender.run())
+    try:
+        await wait_for(lambda: len(hook.got) == 2)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [(b["seq"], b["kind"], i) for b, _, i in hook.got] == [
+        (3, "job_succeeded", "a:job_succeeded"),
+        (4, "job_failed", "b:job_failed"),
+    ]
+    for body, signature, _ in hook.got:
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        assert signature == sign(b"k3y", raw)
+        assert signature == "sha256=" + hmac.new(b"k3y", raw, hashlib.sha256).hexdigest()
+    assert json.loads((root.state / "webhook-cursor.json").read_text())["delivered_seq"] == 4
+    assert metrics.webhook_deliveries.labels("failed")._value.get() == 1
+
+    # A restart resumes after the cursor: nothing is posted twice.
+    journal.append(EventKind.JOB_SUCCEEDED, "c:job_succeeded", job_id="c")
+    again = WebhookSender(settings, root, journal, metrics)
+    task = asyncio.create_task(again.run())
+    try:
+        await wait_for(lambda: len(hook.got) == 3)
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert [i for _, _, i in hook.got] == ["a:job_succeeded", "b:job_failed", "c:job_succeeded"]
+    journal.close()
+
+
+def test_an_unreadable_secret_refuses_to_start(tmp_path: Path) -> None:
+    from daemon.errors import ConfigError
+
+    root = DataRoot(tmp_path / "root")
+    root.create()
+    journal = Journal(root.events, "eval")
+    settings = NotifySettings(url="http://127.0.0.1:9/x", secret_file=tmp_path / "missing")
+    with pytest.raises(ConfigError, match="secret_file"):
+        WebhookSender(settings, root, journal, Metrics("eval", routes=[]))
+    with pytest.raises(ValueError, match="http"):
+        NotifySettings(url="ftp://example.invalid/")
+    journal.close()
