@@ -183,6 +183,7 @@ class Publisher:
         if self.on_commit is not None:
             self.on_commit(job)
 
+
 # -- the set of artifacts ------------------------------------------------------------
 
 _ORDER = ("main", *ARTIFACT_SUFFIXES)
