@@ -56,11 +56,18 @@ def test_cp_mv_and_rsync_drops_convert_once_with_full_sidecars(daemon: Daemon) -
     assert car["input"]["sha256"] == sha(a)
     assert car["input"]["size_bytes"] == a.stat().st_size
     out = daemon.outbox / "to-docx" / "by-cp.docx"
-    assert car["output"] == {
+    main = {
         "path": "to-docx/by-cp.docx",
         "path_b64": None,  # only set for names that are not UTF-8
         "sha256": sha(out),
         "size_bytes": out.stat().st_size,
+    }
+    assert car["output"] == {
+        **main,
+        "artifacts": [{"kind": "main", **main}],  # the one file of this job
+        "pages": None,
+        "pdf_variant": None,
+        "pdf_variant_validated": None,
     }
     assert car["converter"]["name"] == "pandoc" and car["converter"]["versions"]["pandoc"]
     assert car["acceleration"]["device"] == "cpu"

@@ -150,3 +150,14 @@ def test_docx_picture_is_referenced(tmp_path: Path) -> None:
     assert "](pic.images/figure-001.png)" in out.read_text()
     with Image.open(out.with_name("pic.images") / "figure-001.png") as crop:
         assert crop.size == (64, 48)
+
+
+def test_options_a_route_cannot_honour_are_named() -> None:
+    from converters.base import Route
+    from converters.outputs import ignored_options
+
+    options = ConvertOptions(pages="2", also=("json",), pdf_variant="pdf/a-3b", images="embedded")
+    assert ignored_options(Route("pdf", "md"), options) == ["pdf_variant"]
+    assert ignored_options(Route("docx", "md"), options) == ["pages", "pdf_variant"]
+    assert ignored_options(Route("md", "pdf"), options) == ["also", "images", "pages"]
+    assert ignored_options(Route("md", "docx"), ConvertOptions()) == []  # defaults never warn
