@@ -12,7 +12,8 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
   sidecar not yet). ``dispatch`` waits (without blocking the event loop)
   between the claim and handing the job to a worker, widening the window in
-  which a dropper's swap of files or folders lands.
+  which a dropper's swap of files or folders lands. ``engine_job`` waits on an
+  engine worker node between taking a job and converting it (kill windows).
 * ``"enospc_flag"``: a path; while a file exists there, every durable write of
   the daemon (``atomic_write``) fails with ``ENOSPC`` as on a full disk. Used
   where a test cannot mount a small tmpfs.
@@ -34,7 +35,16 @@ __all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay", "delay_seconds"]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
 POINTS = frozenset(
-    {"claim", "dispatch", "sidecar_write", "publish_output", "archive", "finish", "fail_input"}
+    {
+        "claim",
+        "dispatch",
+        "sidecar_write",
+        "publish_output",
+        "archive",
+        "finish",
+        "fail_input",
+        "engine_job",
+    }
 )
 
 

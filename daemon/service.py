@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -82,7 +82,17 @@ class Service:
             )
             for lane in (Lane.GPU, Lane.CPU)
         }
+        # The shared job engine, only when configured: nothing of it is imported otherwise.
+        self.engine: Any = None
+        if profile.engine_lanes:
+            from daemon.engine.ingest import make_engine_pools
+
+            self.engine, remote = make_engine_pools(profile, self.metrics)
+            # EnginePool has LanePool's public face (run, has_room, summary, ...).
+            self.pools.update({lane: cast(LanePool, pool) for lane, pool in remote.items()})
         self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
+        if self.engine is not None:
+            self.lifecycle.settled = self.engine.settled
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -409,6 +419,8 @@ class Service:
                 await self.lifecycle.fail_now(job, error)
             else:
                 self._spawn(job)
+        if self.engine is not None:
+            await self.engine.start()
         await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()
@@ -451,5 +463,7 @@ class Service:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.engine is not None:
+            await self.engine.close()
         # Jobs still claimed stay in .state and are resumed after the restart.
         log.info("stopped", unfinished=len(self._tasks))

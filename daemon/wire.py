@@ -145,6 +145,10 @@ class JobReply(_Message):
     versions: dict[str, str] = Field(default_factory=dict)
     convert_seconds: float | None = None
     rss_mb: float | None = None
+    # Set by an engine worker node (daemon/engine): where the job ran, and on what.
+    worker_host: str | None = None
+    runtime_kind: RuntimeKind | None = None
+    device_name: str | None = None
 
     @model_validator(mode="after")
     def _failure_has_error(self) -> Self:
