@@ -129,6 +129,12 @@ class WorkerNode:
             )
             if pause := faults.delay_seconds("engine_job"):
                 await asyncio.sleep(pause)
+            if hold := faults.engine_hold_seconds():
+                await asyncio.sleep(hold)  # the bench's stand-in for GPU time
+                output.write_bytes(data)
+                return JobReply(ok=True, converter="hold", device="cpu", worker_host=self.host), {
+                    output.name: data
+                }
             drop_fd = os.open(folder / "drop", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
                 reply = await self._run(job, pool, drop_fd)
@@ -214,8 +220,9 @@ class WorkerNode:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        for pool in self.pools.values():
-            await pool.start()
+        if not faults.engine_hold_seconds():  # the bench's stand-in needs no lane worker
+            for pool in self.pools.values():
+                await pool.start()
         await self.db.open(wait=False)
         while not self.stopping.is_set():
             try:
