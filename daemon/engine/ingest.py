@@ -35,8 +35,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import procrastinate
+import psycopg
 import structlog
 from procrastinate import exceptions as pexc
+from psycopg_pool import PoolTimeout
 
 from converters.base import Lane
 from daemon.config import ProfileSettings
@@ -56,7 +58,10 @@ T = TypeVar("T")
 _RETRY_SECONDS = 1.0
 _ORPHAN_GRACE_SECONDS = 3.0
 _RECONCILE_SECONDS = 10.0
+_DEPTH_SECONDS = 2.0
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
+# What an unreachable or restarting PostgreSQL raises: the statement is tried again.
+_OUTAGE = (OSError, psycopg.Error, PoolTimeout, pexc.ConnectorException)
 
 
 @dataclass
@@ -88,6 +93,7 @@ class EngineClient:
         self._task: asyncio.Task[None] | None = None
         self._app_open = False
         self._next_reconcile = 0.0
+        self._next_depth = 0.0
 
     # -- life ----------------------------------------------------------------------
 
@@ -119,9 +125,7 @@ class EngineClient:
                     await self.app.open_async()
                     self._app_open = True
                 return await what()
-            except (OSError, pexc.ConnectorException, Exception) as exc:
-                if isinstance(exc, InputTooLargeForEngine | pexc.AlreadyEnqueued):
-                    raise
+            except _OUTAGE as exc:
                 self._down(exc)
                 await asyncio.sleep(_RETRY_SECONDS)
 
@@ -175,6 +179,8 @@ class EngineClient:
         if now >= self._next_reconcile:
             self._next_reconcile = now + _RECONCILE_SECONDS
             await self._reconcile()
+        if now >= self._next_depth:
+            self._next_depth = now + _DEPTH_SECONDS
             self.depth = await store.depth(self.pool)
             for lane, n in self.depth.items():
                 self.metrics.engine_queue_depth.labels(lane).set(n)
