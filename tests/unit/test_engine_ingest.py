@@ -28,7 +28,7 @@ def _pool(tmp_path: Path, cap: int):  # type: ignore[no-untyped-def]
         local_lanes=(Lane.CPU,),
         engine_max_input_bytes=cap,
     )
-    client, pools = make_engine_pools(profile, Metrics("eval"))
+    _client, pools = make_engine_pools(profile, Metrics("eval"))
     assert set(pools) == {Lane.GPU}
     return pools[Lane.GPU]
 
