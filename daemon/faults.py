@@ -42,6 +42,7 @@ __all__ = [
     "delay",
     "delay_seconds",
     "engine_hold_seconds",
+    "engine_job_delay",
 ]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
@@ -84,6 +85,15 @@ def delay(point: str) -> None:
     seconds = delay_seconds(point)
     if seconds > 0:
         time.sleep(seconds)
+
+
+def engine_job_delay(output_name: str) -> float:
+    """The ``engine_job`` delay for a job with this output name (0 when none)."""
+    config = _config()
+    only = config.get("engine_job_only") if config else None
+    if only is not None and str(only) not in output_name:
+        return 0.0
+    return delay_seconds("engine_job")
 
 
 def engine_hold_seconds() -> float:

@@ -118,10 +118,10 @@ class Readiness:
             "disk": self._disk,
             "watcher": self._watcher,
             "workers": self._workers,
-            **({"engine": self._engine} if self.service.engine is not None else {}),
             "converters": self._converters,
             "models": self._models,
             "gpu": self._gpu,
+            "engine": self._engine,
         }
 
     # -- the checks -------------------------------------------------------------------
@@ -276,6 +276,8 @@ class Readiness:
 
     def _engine(self) -> CheckResult:
         engine = self.service.engine
+        if engine is None:
+            return self._ok("engine", mode="embedded")
         if not engine.available:
             return self._fail(
                 "engine",

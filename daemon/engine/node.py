@@ -127,7 +127,7 @@ class WorkerNode:
             job = request.model_copy(
                 update={"input_path": str(source), "output_path": str(output), "drop_fd": False}
             )
-            if pause := faults.delay_seconds("engine_job"):
+            if pause := faults.engine_job_delay(output.name):
                 await asyncio.sleep(pause)
             if hold := faults.engine_hold_seconds():
                 await asyncio.sleep(hold)  # the bench's stand-in for GPU time
