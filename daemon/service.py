@@ -375,11 +375,15 @@ class Service:
         self.root.adopt(self.settings.name)
         for lane in self.pools if lanes is None else set(lanes):
             await self.pools[lane].start()
+        if self.engine is not None:
+            await self.engine.start()  # once; it serves every engine lane
 
     async def wait_warm(self, timeout: float) -> bool:
         """Wait until every started lane has warm workers, ``timeout`` at most."""
         deadline = time.monotonic() + timeout
-        while not all(p.warm for p in self.pools.values()):
+        while not all(p.warm for p in self.pools.values()) or (
+            self.engine is not None and not self.engine.available
+        ):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.2)
@@ -419,8 +423,6 @@ class Service:
                 await self.lifecycle.fail_now(job, error)
             else:
                 self._spawn(job)
-        if self.engine is not None:
-            await self.engine.start()
         await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
         await self.rescan()

@@ -98,8 +98,9 @@ class EngineClient:
     # -- life ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self.pool.open(wait=False)
-        self._task = asyncio.create_task(self._loop())
+        if self._task is None:
+            await self.pool.open(wait=False)
+            self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
         if self._task is not None:
