@@ -27,7 +27,7 @@ import pytest
 from daemon.sidecar import META_SUFFIX
 from ops.daemon_harness import DaemonProcess, daemon_env, free_port
 from tests.fixtures.engine import Netns, Postgres, engine_available
-from tests.fixtures.web_docs import make_text_pdf
+from tests.fixtures.web_docs import make_png, make_text_pdf
 
 pytestmark = [
     pytest.mark.e2e,
@@ -163,7 +163,7 @@ def _check_exactly_once(cluster: Cluster) -> dict[str, dict[str, object]]:
     """Every dropped file: one output with its sidecar, the right bytes, archived input."""
     root = cluster.ingest
     assert not list(root.failed.rglob("*")), sorted(root.failed.rglob("*"))
-    assert not list(root.inbox.rglob("*.*"))
+    assert not [p for p in root.inbox.rglob("*.*") if p.suffix != ".png"]  # assets stay
     outputs = [p for p in root.outbox.rglob("*") if p.is_file() and not p.name.endswith(".json")]
     assert len(outputs) == len(cluster.dropped), (len(outputs), len(cluster.dropped))
     sidecars: dict[str, dict[str, object]] = {}
@@ -262,6 +262,16 @@ def test_engine_exactly_once_across_kills(cluster: Cluster) -> None:
     assert status == 200 and body["lanes"]["gpu"]["engine"] is True
     assert "sir_convert_a_lot_engine_queue_depth" in cluster.ingest.metrics()
     print(f"100 files in {time.monotonic() - started:.1f} s (with start-up)")
+
+    # A picture beside a Markdown file travels with it (the drop-folder snapshot).
+    picture = make_png(cluster.tmp / "dot.png")
+    (cluster.ingest.inbox / "to-pdf/pics/img").mkdir(parents=True)
+    (cluster.ingest.inbox / "to-pdf/pics/img/dot.png").write_bytes(picture.read_bytes())
+    cluster.drop("to-pdf/pics/withpic.md", b"# With a picture\n\n![dot](img/dot.png)\n")
+    _wait("the picture's PDF", lambda: cluster.done(["to-pdf/pics/withpic.md"]), 120, 0.2)
+    meta = cluster.sidecar("to-pdf/pics/withpic.md")
+    assert meta["warnings"] == [], meta["warnings"]
+    assert b"/Image" in cluster.output_of("to-pdf/pics/withpic.md").read_bytes()
 
     for round_ in range(3 if LONG else 1):
         _kill_worker_mid_job(cluster, round_)
