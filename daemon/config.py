@@ -200,7 +200,8 @@ class ProfileSettings(BaseModel):
     # The shared job engine (docs/architecture.md, "outgrowing one host"). Unset: embedded.
     engine_url: str | None = None
     engine_password_file: Path | None = None
-    # Lanes this node converts itself; a lane not named here goes to the engine.
+    # Lanes this node converts itself (with an engine: their overflow goes there);
+    # a lane not named here goes to the engine only.
     local_lanes: tuple[Lane, ...] = (Lane.GPU, Lane.CPU)
     engine_max_input_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
     # Jobs handed to the engine and not yet back (bounds intake while it is down).
@@ -233,7 +234,7 @@ class ProfileSettings(BaseModel):
 
     @property
     def engine_lanes(self) -> tuple[Lane, ...]:
-        """The lanes this ingest node hands to the engine (none when embedded)."""
+        """The lanes this ingest node hands to the engine only (none when embedded)."""
         if self.engine_url is None:
             return ()
         return tuple(lane for lane in (Lane.GPU, Lane.CPU) if lane not in self.local_lanes)

@@ -84,12 +84,21 @@ class Service:
         }
         # The shared job engine, only when configured: nothing of it is imported otherwise.
         self.engine: Any = None
-        if profile.engine_lanes:
+        if profile.engine_url is not None:
             from daemon.engine.ingest import make_engine_pools
+            from daemon.engine.spill import SpillPool
 
             self.engine, remote = make_engine_pools(profile, self.metrics)
-            # EnginePool has LanePool's public face (run, has_room, summary, ...).
-            self.pools.update({lane: cast(LanePool, pool) for lane, pool in remote.items()})
+            # EnginePool and SpillPool have LanePool's public face (run, has_room, ...):
+            # a lane in local_lanes converts here and spills its overflow to the
+            # engine; the others go to the engine only.
+            for lane, engine_pool in remote.items():
+                self.pools[lane] = cast(
+                    LanePool,
+                    SpillPool(self.pools[lane], engine_pool)
+                    if lane in profile.local_lanes
+                    else engine_pool,
+                )
         self.lifecycle = Lifecycle(profile, self.registry, self.pools, self.metrics, self.info)
         if self.engine is not None:
             self.lifecycle.settled = self.engine.settled

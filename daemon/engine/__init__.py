@@ -9,5 +9,6 @@ this package, psycopg or procrastinate (tests/unit/test_engine_embedded.py).
   statements that move it: submit, take, accept once, poll, done.
 * ``snapshot``: the drop folder's resources, read beneath its descriptor.
 * ``ingest``: ``EnginePool``, the lane pool of an ingest node.
+* ``spill``: ``SpillPool``, a local lane that sends its overflow to the engine.
 * ``node``: the ``worker`` command (a worker node).
 """

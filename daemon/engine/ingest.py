@@ -374,6 +374,7 @@ def _write_files(folder: Path, files: dict[str, bytes]) -> None:
 def make_engine_pools(
     profile: ProfileSettings, metrics: Metrics
 ) -> tuple[EngineClient, dict[Lane, Any]]:
-    """The client and one ``EnginePool`` per lane the profile hands to the engine."""
+    """The client and one ``EnginePool`` per lane (the engine may take any lane's
+    overflow; lanes not in ``local_lanes`` go to it alone)."""
     client = EngineClient(profile, metrics)
-    return client, {lane: EnginePool(lane, client) for lane in profile.engine_lanes}
+    return client, {lane: EnginePool(lane, client) for lane in (Lane.GPU, Lane.CPU)}

@@ -29,7 +29,7 @@ def _pool(tmp_path: Path, cap: int):  # type: ignore[no-untyped-def]
         engine_max_input_bytes=cap,
     )
     _client, pools = make_engine_pools(profile, Metrics("eval"))
-    assert set(pools) == {Lane.GPU}
+    assert set(pools) == {Lane.GPU, Lane.CPU}
     return pools[Lane.GPU]
 
 
@@ -75,3 +75,30 @@ def test_the_snapshot_reads_assets_beneath_the_folder_only(tmp_path: Path) -> No
         "img/deep/b.css"
     ]
     assert not (tmp_path / "escape.png").exists()
+
+
+def test_a_local_lane_spills_to_the_engine_only_when_its_slots_are_busy(tmp_path: Path) -> None:
+    from daemon.engine.ingest import make_engine_pools
+    from daemon.engine.spill import SpillPool
+    from daemon.wire import Hello
+    from daemon.workers import LanePool
+
+    profile = ProfileSettings(
+        name="eval",
+        data_root=tmp_path / "root",
+        engine_url="postgresql://sca@db.invalid/sca",
+        engine_max_outstanding=2,
+        cpu={"workers": 2, "express_workers": 0},  # type: ignore[arg-type]
+    )
+    assert profile.engine_lanes == ()  # both lanes local: the engine takes the overflow
+    metrics = Metrics("eval")
+    _client, remote = make_engine_pools(profile, metrics)
+    hello = Hello(lane=Lane.CPU, gpu_policy="cpu", limits=profile.limits)
+    local = LanePool(profile.cpu, hello, metrics, profile.queue_size)
+    pool = SpillPool(local, remote[Lane.CPU])
+    assert pool.prefers_local()
+    local.outstanding = 2  # both local slots busy
+    assert not pool.prefers_local()
+    remote[Lane.CPU].outstanding = 2  # and the engine's share is full: queue locally
+    assert pool.prefers_local()
+    assert pool.has_room() and pool.summary()["engine"]["engine"] is True  # type: ignore[index]
