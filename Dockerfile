@@ -36,7 +36,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY converters ./converters
 COPY daemon ./daemon
-RUN pip install --constraint /opt/torch-constraints.txt . \
+RUN pip install --constraint /opt/torch-constraints.txt ".[engine]" \
  && pip check
 
 # -------------------------------------------------------------- runtime stage

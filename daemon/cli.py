@@ -241,6 +241,67 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the engine: worker nodes, schema ---------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from converters.base import Lane
+
+    _, profile = _load(args)
+    _check_bind(profile)
+    if profile.engine_url is None:
+        raise ConfigError("a worker node needs engine_url (or SIR_CONVERT_A_LOT_ENGINE_URL)")
+    try:
+        lanes = [Lane(part.strip()) for part in args.lanes.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--lanes {args.lanes!r}: name gpu, cpu or both") from None
+    if not lanes:
+        raise ConfigError("--lanes names no lane")
+    configure_logging(profile.log_level)
+    from daemon.engine.node import serve_worker
+
+    asyncio.run(serve_worker(profile, list(dict.fromkeys(lanes))))
+    return 0
+
+
+async def _engine(profile: ProfileSettings, action: str) -> int:
+    from daemon.engine.connect import make_app, make_pool
+    from daemon.engine.schema import check_schema, init_schema
+    from daemon.errors import EngineUnavailable
+
+    pool, app = make_pool(profile, max_size=1), make_app(profile)
+    try:
+        await pool.open(wait=True, timeout=10)
+        await app.open_async()
+        async with pool.connection() as conn:
+            if action == "init":
+                for line in await init_schema(conn, app) or ["schema is up to date"]:
+                    print(line)
+                return 0
+            problem = await check_schema(conn)
+    except (OSError, TimeoutError) as exc:
+        raise EngineUnavailable(f"cannot reach the engine: {exc}") from None
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] in ("psycopg", "psycopg_pool", "procrastinate"):
+            raise EngineUnavailable(f"cannot reach the engine: {exc}"[:500]) from None
+        raise
+    finally:
+        await app.close_async()
+        await pool.close()
+    if problem is not None:
+        raise EngineUnavailable(problem)
+    print("ok   engine schema")
+    return 0
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    _, profile = _load(args)
+    if profile.engine_url is None:
+        raise ConfigError("engine_url (or SIR_CONVERT_A_LOT_ENGINE_URL) is not set")
+    configure_logging("warning")
+    return asyncio.run(_engine(profile, args.action))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sir-convert-a-lot",
@@ -298,6 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fetch", "check"])
     p.add_argument("--models-dir", default=None)
     p.set_defaults(func=cmd_models)
+    p = add("worker", "Run an engine worker node: convert jobs of the shared engine.")
+    p.add_argument("--lanes", default="gpu,cpu", help="comma list of lanes served (gpu, cpu)")
+    p.set_defaults(func=cmd_worker)
+    p = add("engine", "Create/upgrade (init) or verify (check) the engine's database schema.")
+    p.add_argument("action", choices=["init", "check"])
+    p.set_defaults(func=cmd_engine)
     p = add("schema", "Print the sidecar (or events) JSON Schema.", profile_required=False)
     p.add_argument("--events", action="store_true", help="the events journal's schema")
     p.set_defaults(func=cmd_schema)

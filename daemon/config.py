@@ -26,7 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from converters.base import ConvertOptions, GpuPolicy, Limits
+from converters.base import ConvertOptions, GpuPolicy, Lane, Limits
 from daemon.errors import ConfigError, DataRootOverlap
 
 __all__ = [
@@ -254,6 +254,48 @@ class ProfileSettings(BaseModel):
     retention: RetentionSettings = RetentionSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
+    # The shared job engine (docs/architecture.md, "outgrowing one host"). Unset: embedded.
+    engine_url: str | None = None
+    engine_password_file: Path | None = None
+    # Lanes this node converts itself (with an engine: their overflow goes there);
+    # a lane not named here goes to the engine only.
+    local_lanes: tuple[Lane, ...] = (Lane.GPU, Lane.CPU)
+    engine_max_input_bytes: int = Field(default=64 * 1024 * 1024, ge=1)
+    # Jobs handed to the engine and not yet back (bounds intake while it is down).
+    engine_max_outstanding: int = Field(default=256, ge=1)
+    engine_stall_seconds: float = Field(default=30.0, gt=0)
+    engine_poll_seconds: float = Field(default=0.2, gt=0)
+    # This node's name in sidecars (service.worker_host) and the engine; default: the host name.
+    node_name: str | None = None
+
+    @field_validator("engine_url")
+    @classmethod
+    def _no_password_in_url(cls, value: str | None) -> str | None:
+        """A password is read from ``engine_password_file`` or libpq's password
+        file, never from the URL (it would show in ps, logs and /status)."""
+        if value is None or not value.strip():
+            return None
+        if re.search(r"://[^/@]*:[^/@]*@", value) or re.search(r"(^|[\s?&])password=", value):
+            raise ValueError(
+                "engine_url must not hold a password; use engine_password_file or ~/.pgpass"
+            )
+        return value
+
+    @field_validator("local_lanes", mode="before")
+    @classmethod
+    def _lane_list(cls, value: object) -> object:
+        """``"gpu,cpu"`` (the environment's spelling) or a list; empty: no local lane."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @property
+    def engine_lanes(self) -> tuple[Lane, ...]:
+        """The lanes this ingest node hands to the engine only (none when embedded)."""
+        if self.engine_url is None:
+            return ()
+        return tuple(lane for lane in (Lane.GPU, Lane.CPU) if lane not in self.local_lanes)
+
     @field_validator("cpu", "gpu", mode="before")
     @classmethod
     def _lane_over_defaults(cls, value: object, info: ValidationInfo) -> object:
@@ -314,6 +356,10 @@ class EnvOverrides(BaseSettings):
     models_dir: Path | None = None
     service_revision: str | None = None
     expected_revision: str | None = None
+    engine_url: str | None = None
+    engine_password_file: Path | None = None
+    local_lanes: str | None = None
+    node_name: str | None = None
 
 
 def _check_env_names(environ: Mapping[str, str]) -> None:

@@ -26,6 +26,8 @@ __all__ = [
     "ConfigError",
     "CrashLoop",
     "DataRootOverlap",
+    "EngineUnavailable",
+    "InputTooLargeForEngine",
     "InputStillChanging",
     "ResourceLimitExceeded",
     "WorkerCrashed",
@@ -61,5 +63,21 @@ class InputStillChanging(ConversionError):
     """A writer kept changing the file after it settled, even across retries."""
 
     code = "input_still_changing"
+    exit_code = ExitCode.TEMPFAIL
+    retryable = True
+
+
+class InputTooLargeForEngine(ConversionError):
+    """The input (with its drop-folder snapshot) is over ``engine_max_input_bytes``:
+    the engine carries bytes through PostgreSQL, and this is its cap."""
+
+    code = "input_too_large_for_engine"
+    exit_code = ExitCode.DATAERR
+
+
+class EngineUnavailable(SirError):
+    """PostgreSQL (the shared job engine) cannot be reached, or its schema is not there."""
+
+    code = "engine_unavailable"
     exit_code = ExitCode.TEMPFAIL
     retryable = True

@@ -14,7 +14,12 @@ empty nothing here does anything beyond one dictionary lookup. Keys:
   yet removed); and for a failed job ``fail_input`` (input in failed/, error
   sidecar not yet). ``dispatch`` waits (without blocking the event loop)
   between the claim and handing the job to a worker, widening the window in
-  which a dropper's swap of files or folders lands.
+  which a dropper's swap of files or folders lands. ``engine_job`` waits on an
+  engine worker node between taking a job and converting it (kill windows).
+* ``"engine_hold"``: seconds; an engine worker node answers every job by
+  holding its lane that long without using the CPU and returning the input's
+  bytes as the output (the bench's stand-in for GPU time, ``ops/bench
+  --only scaleout``); its lane workers are not started.
 * ``"enospc_flag"``: a path; while a file exists there, every durable write of
   the daemon (``atomic_write``) fails with ``ENOSPC`` as on a full disk. Used
   where a test cannot mount a small tmpfs.
@@ -32,7 +37,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FAULTS_ENV", "POINTS", "check_write", "delay", "delay_seconds"]
+__all__ = [
+    "FAULTS_ENV",
+    "POINTS",
+    "check_write",
+    "delay",
+    "delay_seconds",
+    "engine_hold_seconds",
+    "engine_job_delay",
+]
 
 FAULTS_ENV = "SIR_CONVERT_A_LOT_FAULTS"
 POINTS = frozenset(
@@ -46,6 +59,7 @@ POINTS = frozenset(
         "announced",
         "finish",
         "fail_input",
+        "engine_job",
     }
 )
 
@@ -75,6 +89,21 @@ def delay(point: str) -> None:
     seconds = delay_seconds(point)
     if seconds > 0:
         time.sleep(seconds)
+
+
+def engine_job_delay(output_name: str) -> float:
+    """The ``engine_job`` delay for a job with this output name (0 when none)."""
+    config = _config()
+    only = config.get("engine_job_only") if config else None
+    if only is not None and str(only) not in output_name:
+        return 0.0
+    return delay_seconds("engine_job")
+
+
+def engine_hold_seconds() -> float:
+    """The bench's stand-in conversion time on a worker node (0: convert for real)."""
+    config = _config()
+    return float(config.get("engine_hold", 0.0)) if config else 0.0
 
 
 def check_write(target: Path) -> None:

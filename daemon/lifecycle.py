@@ -18,6 +18,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -120,6 +121,8 @@ class Lifecycle:
         self.successes: collections.deque[SuccessNote] = collections.deque(maxlen=50)
         self.active: dict[str, Job] = {}
         self._publish_lock = asyncio.Lock()
+        # Told each job id whose outcome is published (the engine marks it done).
+        self.settled: Callable[[str], None] | None = None
 
     # -- 1. claim ----------------------------------------------------------------
 
@@ -416,6 +419,11 @@ class Lifecycle:
             runtime_kind=(info.runtime_kind if info else None) if lane is Lane.GPU else "none",
             device_name=info.device_name if info and reply.device == "cuda" else None,
         )
+        if reply.worker_host is not None:  # converted by an engine worker node
+            sidecar.service = sidecar.service.model_copy(update={"worker_host": reply.worker_host})
+            sidecar.acceleration = sidecar.acceleration.model_copy(
+                update={"runtime_kind": reply.runtime_kind, "device_name": reply.device_name}
+            )
         output = job.work_dir / resolved.output_relative.name
         if reused is None:
             await self.reuse.keep(job, reply, sidecar.timings.finished_at, output)
@@ -432,6 +440,8 @@ class Lifecycle:
                 sidecar,
             )
             await asyncio.to_thread(self.publisher.finish_success, job)
+        if self.settled is not None:
+            self.settled(job.id)
         self.metrics.job_finished(route, "succeeded", "")
         if reused is None:  # a reused job converted nothing
             self.metrics.convert_seconds.labels(route).observe(reply.convert_seconds or 0.0)
@@ -467,6 +477,8 @@ class Lifecycle:
         async with self._publish_lock:
             await asyncio.to_thread(self.publisher.stage_failure, job, sidecar)
             await asyncio.to_thread(self.publisher.finish_failure, job)
+        if self.settled is not None:
+            self.settled(job.id)
         route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
         self.metrics.job_finished(route, "failed", error.code)
         if error.code in (NotRegularFile.code, UnsupportedRoute.code):

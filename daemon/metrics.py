@@ -169,6 +169,25 @@ class Metrics:
             f"{NS}_reuse_cache_entries", "Results held by the reuse cache.", registry=r
         )
         self.build_info = Info(f"{NS}_build", "Version, revision and profile.", registry=r)
+        # The shared job engine (daemon/engine): empty series when embedded.
+        self.engine_queue_depth = Gauge(
+            f"{NS}_engine_queue_depth",
+            "Jobs in the engine waiting for a worker node, by lane (all profiles).",
+            ["lane"],
+            registry=r,
+        )
+        self.engine_enqueued = Counter(
+            f"{NS}_engine_enqueued",
+            "Jobs handed to the engine's lane queue (re-enqueues included), by lane.",
+            ["lane"],
+            registry=r,
+        )
+        self.engine_results = Counter(
+            f"{NS}_engine_results",
+            "Results a worker node handed in: accepted (the one) or discarded (late), by lane.",
+            ["lane", "outcome"],
+            registry=r,
+        )
 
     def route_label(self, route: str) -> str:
         """``route`` if the registry serves it, else ``unknown``: never a file's own name."""

@@ -45,6 +45,7 @@ CHECKS: dict[str, str] = {
     "converters": "converter_unavailable",
     "models": "models_missing",
     "gpu": "gpu_unavailable",
+    "engine": "engine_unavailable",
 }
 # Failing checks that stop new claims (a claim would fail, or fill the disk).
 INTAKE_BLOCKERS = ("data_root_unwritable", "disk_low", "profile_mismatch", "data_root_overlap")
@@ -120,6 +121,7 @@ class Readiness:
             "converters": self._converters,
             "models": self._models,
             "gpu": self._gpu,
+            "engine": self._engine,
         }
 
     # -- the checks -------------------------------------------------------------------
@@ -245,7 +247,9 @@ class Readiness:
     def _models(self) -> CheckResult:
         models_dir = self.service.settings.models_dir
         report = check_models(models_dir)
-        served = {str(route) for route in self.service.registry.routes()}
+        # Routes of engine lanes are checked by the worker nodes that serve them.
+        remote = self.service.settings.engine_lanes
+        served = {str(c.route) for c in self.service.registry if c.lane not in remote}
         missing: dict[str, list[str]] = {
             route: [
                 f"models_missing: {a.folder} lacks {', '.join(a.missing_files)}"
@@ -270,8 +274,23 @@ class Readiness:
             )
         return self._ok("models", models_dir=str(models_dir) if models_dir is not None else None)
 
+    def _engine(self) -> CheckResult:
+        engine = self.service.engine
+        if engine is None:
+            return self._ok("engine", mode="embedded")
+        if not engine.available:
+            return self._fail(
+                "engine",
+                "the job engine (PostgreSQL) cannot be reached; claimed jobs wait for it",
+                error=engine.last_error,
+                outstanding=len(engine.waiters),
+            )
+        return self._ok("engine", queue_depth=dict(engine.depth))
+
     def _gpu(self) -> CheckResult:
         settings = self.service.settings
+        if Lane.GPU in settings.engine_lanes:
+            return self._ok("gpu", policy=settings.gpu_policy, served_by="engine worker nodes")
         info = self.service.pools[Lane.GPU].ready_info()
         probe = (info.probe if info else None) or {}
         details = {"policy": settings.gpu_policy, "device": info.device if info else None, **probe}

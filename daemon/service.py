@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
@@ -91,6 +91,23 @@ class Service:
             )
             for lane in (Lane.GPU, Lane.CPU)
         }
+        # The shared job engine, only when configured: nothing of it is imported otherwise.
+        self.engine: Any = None
+        if profile.engine_url is not None:
+            from daemon.engine.ingest import make_engine_pools
+            from daemon.engine.spill import SpillPool
+
+            self.engine, remote = make_engine_pools(profile, self.metrics)
+            # EnginePool and SpillPool have LanePool's public face (run, has_room, ...):
+            # a lane in local_lanes converts here and spills its overflow to the
+            # engine; the others go to the engine only.
+            for lane, engine_pool in remote.items():
+                self.pools[lane] = cast(
+                    LanePool,
+                    SpillPool(self.pools[lane], engine_pool)
+                    if lane in profile.local_lanes
+                    else engine_pool,
+                )
         self.journal = open_journal(profile, self.root, self.metrics) if journal else None
         self.announce = StateAnnouncer(self.journal)
         self.lifecycle = Lifecycle(
@@ -101,6 +118,8 @@ class Service:
             if self.journal is not None
             else None
         )
+        if self.engine is not None:
+            self.lifecycle.settled = self.engine.settled
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -391,11 +410,15 @@ class Service:
         self.root.adopt(self.settings.name)
         for lane in self.pools if lanes is None else set(lanes):
             await self.pools[lane].start()
+        if self.engine is not None:
+            await self.engine.start()  # once; it serves every engine lane
 
     async def wait_warm(self, timeout: float) -> bool:
         """Wait until every started lane has warm workers, ``timeout`` at most."""
         deadline = time.monotonic() + timeout
-        while not all(p.warm for p in self.pools.values()):
+        while not all(p.warm for p in self.pools.values()) or (
+            self.engine is not None and not self.engine.available
+        ):
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.2)
@@ -484,6 +507,8 @@ class Service:
             await pool.close()
         for task in list(self._tasks):
             task.cancel()
+        if self.engine is not None:
+            await self.engine.close()
         if self.automation is not None:
             await self.automation.stop()
         if self.journal is not None:

@@ -192,6 +192,11 @@ class ServiceInfo(_Strict):
     revision: str
     host: str
     version: str
+    worker_host: str | None = Field(
+        default=None,
+        description="the engine worker node that converted the file (docs/architecture.md); "
+        "absent when this host converted it",
+    )
 
 
 class ErrorInfo(_Strict):

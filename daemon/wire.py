@@ -161,6 +161,10 @@ class JobReply(_Message):
     # each path's bytes -> ``sha256:<hex>`` of its content or the refusal's warning
     # code. None: not known (or more than MAX_RESOURCES / MAX_RESOURCE_BYTES): not reused.
     resources: dict[str, str] | None = None
+    # Set by an engine worker node (daemon/engine): where the job ran, and on what.
+    worker_host: str | None = None
+    runtime_kind: RuntimeKind | None = None
+    device_name: str | None = None
 
     @model_validator(mode="after")
     def _failure_has_error(self) -> Self:

@@ -65,11 +65,16 @@ class DaemonProcess:
         log: Path | None = None,
         python: str = sys.executable,
         args: Sequence[str] = ("run",),
+        prefix: Sequence[str] = (),
+        host: str = "127.0.0.1",
     ) -> None:
+        """``prefix`` runs the daemon under another command (``ip netns exec NS``:
+        the engine's e2e test); ``host`` is where its listener answers then."""
         self.base = base
         self.port = port
+        self.host = host
         self.log = log or base / "daemon.log"
-        self.command = [python, "-m", "daemon", *args]
+        self.command = [*prefix, python, "-m", "daemon", *args]
         self._env = dict(env)
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
@@ -149,7 +154,7 @@ class DaemonProcess:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def get(self, path: str, timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
         """Status and JSON body of GET ``path`` (503s too); OSError when nothing answers."""

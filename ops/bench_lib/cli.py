@@ -22,7 +22,8 @@ from ops.bench_lib.report import render, targets
 __all__ = ["SCHEMA", "build_parser", "main"]
 
 SCHEMA = "sir-convert-a-lot-bench/1"
-SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "reuse", "outputs")
+# "scaleout" (the shared job engine) needs root and PostgreSQL: opt in with --only scaleout.
+SECTIONS = ("latency", "throughput", "scale", "scan", "memory", "reuse", "outputs", "scaleout")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,6 +139,10 @@ def _run(bench: Bench, sections: tuple[str, ...], report: dict[str, Any]) -> Non
         from ops.bench_lib.scan import measure_scan
 
         attempt("scan", lambda: measure_scan(bench, empty_listening_seconds=empty_listening))
+    if "scaleout" in sections:
+        from ops.bench_lib.scaleout import measure_scaleout
+
+        attempt("scaleout", lambda: measure_scaleout(bench))
     if "memory" in sections:
         from ops.bench_lib.memory import measure_memory
 

@@ -103,6 +103,32 @@ def _f(value: Any, digits: int = 3) -> str:
 def _tables(report: dict[str, Any]) -> list[Table]:
     results = report["results"]
     tables: list[Table] = []
+    out = results.get("scaleout")
+    if out and "runs" in out:
+        rows = [
+            [n, str(r["jobs"]), f"{r['seconds']:.2f}", f"{r['jobs_per_second']:.2f}",
+             f"{r['efficiency']:.2f}"]
+            for n, r in out["runs"].items()
+        ]  # fmt: skip
+        tables.append(
+            (
+                f"Scale-out: worker nodes holding their lane {out['hold_seconds']} s per job",
+                ["workers", "jobs", "seconds", "jobs/s", "efficiency"],
+                rows,
+            )
+        )
+        per = out["per_job"]
+        tables.append(
+            (
+                "Engine cost per small real job (html→md, one at a time, drop → sidecar)",
+                ["path", "median seconds"],
+                [
+                    ["embedded", f"{per['embedded_median_seconds']:.3f}"],
+                    ["engine (ingest + 1 worker node)", f"{per['engine_median_seconds']:.3f}"],
+                    ["ratio engine / embedded", f"{per['ratio']:.2f}"],
+                ],
+            )
+        )
     lat = results.get("latency")
     if lat:
         rows = []

@@ -137,7 +137,8 @@ def test_the_schema_check_can_fail() -> None:
 
 
 def test_one_service_per_profile_from_one_image() -> None:
-    assert set(BASE["services"]) == set(PROFILES)
+    default = {n for n, s in BASE["services"].items() if not s.get("profiles")}
+    assert default == set(PROFILES)  # opt-in compose profiles (engine) start nothing by default
     images = {service(p)["image"] for p in PROFILES}
     builds = {json.dumps(service(p)["build"], sort_keys=True) for p in PROFILES}
     assert len(images) == 1 and len(builds) == 1
@@ -304,3 +305,18 @@ def test_dockerignore_sends_only_what_pip_install_needs() -> None:
     assert needed <= included, f"{needed - included} are copied but ignored"
     for path in included:
         assert (REPO / path).exists() or path == "README.md", path
+
+
+def test_the_engine_profile_is_a_one_host_trial_of_the_shared_engine() -> None:
+    services = BASE["services"]
+    engine = {n for n, s in services.items() if "engine" in s.get("profiles", [])}
+    assert engine == {"engine-db", "engine-init", "engine-ingest", "engine-worker"}
+    worker = services["engine-worker"]
+    assert worker["command"][0] == "worker"
+    # A worker node has no path to the data root: models only, read-only.
+    assert [v.split(":")[1] for v in worker["volumes"]] == ["/models"]
+    env = env_of(worker)
+    assert "@" in env["SIR_CONVERT_A_LOT_ENGINE_URL"]
+    assert ":" not in env["SIR_CONVERT_A_LOT_ENGINE_URL"].split("//")[1].split("@")[0]
+    assert env["SIR_CONVERT_A_LOT_ENGINE_PASSWORD_FILE"].startswith("/run/secrets/")
+    assert services["engine-init"]["command"][:2] == ["engine", "init"]
