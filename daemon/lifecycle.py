@@ -164,15 +164,19 @@ class Lifecycle:
                 # Recovery, and the drop folder is gone: the document keeps only itself.
                 job.drop_fd = os.open(job.input_dir, os.O_RDONLY | os.O_DIRECTORY)
                 job.options = self.settings.options
+                notify_url = None
             else:
                 job.drop_fd = os.dup(levels[-1])
-                job.options = resolve_options(
+                job.options, notify_url = resolve_options(
                     self.settings.options,
                     levels,
                     job.record.relative,
                     job.options_dir,
                     self.settings.limits,
+                    notify=self.settings.notify,
                 )
+            if job.record.notify_url is None:  # decided once; saved with the input's facts
+                job.record.notify_url = notify_url or ""
         except SirError as exc:
             job.options_error = exc
         except Exception as exc:

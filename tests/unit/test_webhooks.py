@@ -120,3 +120,70 @@ def test_an_unreadable_secret_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="http"):
         NotifySettings(url="ftp://example.invalid/")
     journal.close()
+
+
+async def test_a_folder_url_gets_its_jobs_final_events_beside_the_profile_url(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """Two receivers, two cursors: the folder's receiver refuses for a while and
+    the profile's gets everything meanwhile; each gets each event once, signed."""
+    profile_hook, folder_hook = Hook(), Hook(refuse_first=3)
+    app = web.Application()
+    app.router.add_post("/profile", profile_hook.handle)
+    app.router.add_post("/hooks/team-a", folder_hook.handle)
+    server = await aiohttp_server(app)
+    secret = tmp_path / "secret"
+    secret.write_text("k3y")
+    root = DataRoot(tmp_path / "root")
+    root.create()
+    journal = Journal(root.events, "eval")
+    folder_url = str(server.make_url("/hooks/team-a"))
+    settings = NotifySettings(
+        url=str(server.make_url("/profile")),
+        allowed_urls=(str(server.make_url("/hooks/")),),
+        secret_file=secret,
+        backoff_max_seconds=0.2,
+    )
+    metrics = Metrics("eval", routes=["md->pdf"])
+    senders = [
+        WebhookSender(settings, root, journal, metrics),
+        WebhookSender(settings, root, journal, metrics, target="folder"),
+    ]
+    journal.append(EventKind.JOB_SUCCEEDED, "a:job_succeeded", job_id="a", notify_url=folder_url)
+    journal.append(EventKind.JOB_SUCCEEDED, "b:job_succeeded", job_id="b")
+    journal.append(EventKind.JOB_FAILED, "c:job_failed", job_id="c", notify_url=folder_url)
+    # No longer allowed (the profile changed): skipped, never posted.
+    journal.append(
+        EventKind.JOB_FAILED, "d:job_failed", job_id="d", notify_url="http://127.0.0.1:9/x"
+    )
+    tasks = [asyncio.create_task(s.run()) for s in senders]
+    try:
+        await wait_for(lambda: len(profile_hook.got) == 4)
+        assert folder_hook.got == [], "the folder's receiver still refuses"
+        await wait_for(lambda: len(folder_hook.got) == 2)
+        await asyncio.sleep(0.3)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [i for _, _, i in profile_hook.got] == [
+        "a:job_succeeded",
+        "b:job_succeeded",
+        "c:job_failed",
+        "d:job_failed",
+    ]
+    assert [i for _, _, i in folder_hook.got] == ["a:job_succeeded", "c:job_failed"]
+    for body, signature, _ in folder_hook.got:
+        assert body["notify_url"] == folder_url
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        assert signature == sign(b"k3y", raw)
+    cursors = {
+        name: json.loads((root.state / name).read_text())["delivered_seq"]
+        for name in ("webhook-cursor.json", "webhook-folder-cursor.json")
+    }
+    assert cursors == {"webhook-cursor.json": 4, "webhook-folder-cursor.json": 4}
+    assert metrics.webhook_deliveries.labels("skipped")._value.get() == 1
+    assert metrics.webhook_deliveries.labels("failed")._value.get() == 3
+    journal.close()
