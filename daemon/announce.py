@@ -123,6 +123,7 @@ class JobAnnouncer:
                 attempt=job.record.attempts,
                 path=f"outbox/{relative}",
                 sidecar=f"outbox/{relative}{META_SUFFIX}",
+                notify_url=job.record.notify_url or None,
             )
             return
         relative = readable(job.record.failed_relative or "")
@@ -137,6 +138,7 @@ class JobAnnouncer:
             path=f"failed/{relative}",
             sidecar=f"failed/{relative}{ERROR_SUFFIX}",
             code=self._error_code(job),
+            notify_url=job.record.notify_url or None,
         )
 
     def _published_sidecar(self, path: Path) -> dict[str, Any] | None:

@@ -1,6 +1,7 @@
-"""The daemon's tasks for automation, beside the supervisor: the webhook sender
-(``[notify] url``) and the retention sweeper (``[retention]``). Both read and
-write only what the journal and the data root hold, and never hold up a job."""
+"""The daemon's tasks for automation, beside the supervisor: the webhook senders
+(``[notify] url`` and the folders' ``notify_url``) and the retention sweeper
+(``[retention]``). They read and write only what the journal and the data root
+hold, and never hold up a job."""
 
 from __future__ import annotations
 
@@ -43,21 +44,27 @@ class AutomationTasks:
         self.root = root
         self.journal = journal
         self.metrics = metrics
-        self.sender: WebhookSender | None = None
+        self.senders: list[WebhookSender] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
 
     def prepare(self) -> None:
         """Before recovery: the webhook sender reads its cursor (on first use, the
         journal's end, so recovery's events are sent). Refuses an unreadable secret."""
-        if self.settings.notify.url is not None:
+        notify = self.settings.notify
+        if notify.enabled:
             from daemon.webhooks import WebhookSender  # aiohttp's client: only when asked for
 
-            self.sender = WebhookSender(self.settings.notify, self.root, self.journal, self.metrics)
+            if notify.url is not None:
+                self.senders.append(WebhookSender(notify, self.root, self.journal, self.metrics))
+            if notify.allowed_urls:
+                self.senders.append(
+                    WebhookSender(notify, self.root, self.journal, self.metrics, target="folder")
+                )
 
     def start(self) -> None:
-        if self.sender is not None:
-            self._tasks.append(asyncio.create_task(self.sender.run()))
+        for sender in self.senders:
+            self._tasks.append(asyncio.create_task(sender.run()))
         if self.settings.retention.enabled:
             self._tasks.append(asyncio.create_task(self._sweep_forever()))
 

@@ -27,6 +27,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from converters.base import ConvertOptions, GpuPolicy, Lane, Limits
+from daemon.automation_settings import EventsSettings, NotifySettings, RetentionSettings
 from daemon.errors import ConfigError, DataRootOverlap
 
 __all__ = [
@@ -149,53 +150,6 @@ LANE_DEFAULTS: dict[str, dict[str, object]] = {
     "cpu": {"workers": 2, "job_timeout_seconds": 300, "express_workers": 2},
     "gpu": {"workers": 1, "job_timeout_seconds": 900},
 }
-
-
-class EventsSettings(BaseModel):
-    """``[profiles.NAME.events]``: the events journal in ``<data root>/events/``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_segment_mb: float = Field(default=16.0, gt=0)
-    retention_days: float | None = Field(default=30.0, gt=0)
-
-
-class NotifySettings(BaseModel):
-    """``[profiles.NAME.notify]``: webhooks. Off (no outbound HTTP) unless ``url`` is set."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    url: str | None = None
-    secret_file: Path | None = None
-    timeout_seconds: float = Field(default=10.0, gt=0)
-    backoff_max_seconds: float = Field(default=300.0, gt=0)
-
-    @field_validator("url")
-    @classmethod
-    def _http_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^https?://[^/\s]+(/\S*)?$", value):
-            raise ValueError("notify.url must be an http:// or https:// URL")
-        return value
-
-    @field_validator("secret_file")
-    @classmethod
-    def _absolute_secret(cls, value: Path | None) -> Path | None:
-        return value.absolute() if value is not None else None
-
-
-class RetentionSettings(BaseModel):
-    """``[profiles.NAME.retention]``: prune archive/, failed/, outbox/ (off by default)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    archive_days: float | None = Field(default=None, gt=0)
-    failed_days: float | None = Field(default=None, gt=0)
-    outbox_days: float | None = Field(default=None, gt=0)
-    sweep_interval_seconds: float = Field(default=3600.0, gt=0)
-
-    @property
-    def enabled(self) -> bool:
-        return any(d is not None for d in (self.archive_days, self.failed_days, self.outbox_days))
 
 
 class ProfileSettings(BaseModel):

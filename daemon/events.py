@@ -117,6 +117,11 @@ class Event(BaseModel):
         default_factory=list, description="readiness_changed: the failing checks' codes"
     )
     message: str | None = None
+    notify_url: str | None = Field(
+        default=None,
+        description="final events: the webhook the job's folder names (its options "
+        "file's notify_url), which gets the event besides the profile's [notify] url",
+    )
 
 
 @dataclass(frozen=True)

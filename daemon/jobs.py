@@ -93,6 +93,10 @@ class JobRecord(BaseModel):
     # Every entry to publish, the main output first, once publishing (empty in
     # records of 0.1.x: their one output is found in work/).
     artifacts: list[StagedArtifact] = Field(default_factory=list)
+    # The folder's webhook (its options file's notify_url), decided once at the
+    # claim: recovery keeps it, so the final event goes where it would have.
+    # None: not decided yet; "": the folder names none.
+    notify_url: str | None = None
 
     @model_validator(mode="before")
     @classmethod

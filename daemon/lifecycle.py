@@ -6,32 +6,27 @@
 Every arrow that changes the data root is durable (see ``durable`` and
 ``publish``), and ``recover`` finishes or resumes whatever a crash interrupted,
 so each input ends up exactly once in outbox/ (with its sidecar) or failed/.
+The last step, a job's sidecar and its publishing, is ``daemon/outcomes.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import errno
-import functools
 import os
 import shutil
 import stat
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
-from converters.base import AccelerationInfo, ConvertOptions, Lane
+from converters.base import ConvertOptions, Lane
 from converters.errors import (
     InputTooLarge,
     NotRegularFile,
     OptionsInvalid,
     SirError,
-    UnsupportedRoute,
 )
 from converters.registry import Registry
 from daemon import faults
@@ -42,51 +37,21 @@ from daemon.events import Journal
 from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
-from daemon.names import lossless_b64, readable
+from daemon.names import readable
 from daemon.options import resolve_options
+from daemon.outcomes import Outcomes
 from daemon.publish import Publisher
 from daemon.reuse import Reuse
 from daemon.sidecar import (
-    ConverterInfo,
-    ErrorInfo,
-    InputInfo,
-    RouteInfo,
     ServiceInfo,
-    Sidecar,
-    Timings,
-    error_details,
 )
 from daemon.storage import is_storage_error, storage_trouble, wait_for_storage
 from daemon.wire import JobReply, JobRequest
 from daemon.workers import LanePool
 
-__all__ = ["FailureNote", "Lifecycle", "SuccessNote"]
+__all__ = ["Lifecycle"]
 
 log = structlog.get_logger("sir_convert_a_lot.lifecycle")
-
-
-@dataclass(frozen=True)
-class FailureNote:
-    """A recent failure, for /status."""
-
-    job_id: str
-    relative_path: str
-    code: str
-    message: str
-    at: str
-
-
-@dataclass(frozen=True)
-class SuccessNote:
-    """A recent success, for /status and the status page."""
-
-    job_id: str
-    relative_path: str
-    output: str
-    route: str
-    convert_seconds: float | None
-    reused: bool
-    at: str
 
 
 class Lifecycle:
@@ -117,12 +82,17 @@ class Lifecycle:
         self.metrics = metrics
         self.service = service
         self.reuse = Reuse(settings, self.root, self.store, metrics, service)
-        self.failures: collections.deque[FailureNote] = collections.deque(maxlen=50)
-        self.successes: collections.deque[SuccessNote] = collections.deque(maxlen=50)
+        self.outcomes = Outcomes(
+            settings,
+            self.publisher,
+            reuse=self.reuse,
+            pools=pools,
+            metrics=metrics,
+            service=service,
+        )
+        self.failures = self.outcomes.failures  # for /status
+        self.successes = self.outcomes.successes
         self.active: dict[str, Job] = {}
-        self._publish_lock = asyncio.Lock()
-        # Told each job id whose outcome is published (the engine marks it done).
-        self.settled: Callable[[str], None] | None = None
 
     # -- 1. claim ----------------------------------------------------------------
 
@@ -167,15 +137,19 @@ class Lifecycle:
                 # Recovery, and the drop folder is gone: the document keeps only itself.
                 job.drop_fd = os.open(job.input_dir, os.O_RDONLY | os.O_DIRECTORY)
                 job.options = self.settings.options
+                notify_url = None
             else:
                 job.drop_fd = os.dup(levels[-1])
-                job.options = resolve_options(
+                job.options, notify_url = resolve_options(
                     self.settings.options,
                     levels,
                     job.record.relative,
                     job.options_dir,
                     self.settings.limits,
+                    notify=self.settings.notify,
                 )
+            if job.record.notify_url is None:  # decided once; saved with the input's facts
+                job.record.notify_url = notify_url or ""
         except SirError as exc:
             job.options_error = exc
         except Exception as exc:
@@ -207,7 +181,7 @@ class Lifecycle:
             while True:
                 try:
                     if job.record.phase in ("publishing", "failing"):
-                        await self._finish_recorded(job)
+                        await self.outcomes.finish_recorded(job)
                     else:
                         await self._process_once(job)
                     return
@@ -221,15 +195,6 @@ class Lifecycle:
             self.active.pop(job.id, None)
             self.reuse.release(job)
             job.release()
-
-    async def _finish_recorded(self, job: Job) -> None:
-        """The remaining renames of a job whose publishing or failing was interrupted."""
-        async with self._publish_lock:
-            if job.record.phase == "publishing":
-                await asyncio.to_thread(self.publisher.finish_success, job)
-            else:
-                await asyncio.to_thread(self.publisher.finish_failure, job)
-        log.info("job_finished_after_pause", job_id=job.id, phase=job.record.phase)
 
     async def _process_once(self, job: Job) -> None:
         bound = log.bind(job_id=job.id, profile=self.settings.name, input=job.record.relative_path)
@@ -261,9 +226,9 @@ class Lifecycle:
                 # The worker most likely ran into the same full or read-only disk.
                 raise OSError(errno.ENOSPC, f"{exc.code} while {trouble}") from exc
             bound.warning("job_failed", code=exc.code, error=exc.message)
-            await self._fail(job, exc, resolved, started)
+            await self.outcomes.fail(job, exc, resolved, started)
         else:
-            await self._succeed(job, resolved, converter.lane, reply, started)
+            await self.outcomes.succeed(job, resolved, converter.lane, reply, started)
             bound.info(
                 "job_succeeded",
                 output=job.record.output_relative,
@@ -364,135 +329,6 @@ class Lifecycle:
         job.taken_at = datetime.now(UTC)  # the sidecar's started_at: queueing ends here
         job.save()
 
-    def _sidecar(
-        self,
-        job: Job,
-        resolved: ResolvedRoute | None,
-        started: datetime | None,
-        status: str,
-    ) -> Sidecar:
-        now = datetime.now(UTC)
-        started = job.taken_at or started
-        queue_seconds = (started - job.record.detected_at).total_seconds() if started else None
-        return Sidecar(
-            status="succeeded" if status == "succeeded" else "failed",
-            job_id=job.id,
-            profile=self.settings.name,
-            route=RouteInfo(source=resolved.source, target=resolved.target) if resolved else None,
-            input=InputInfo(
-                name=readable(job.record.relative.name),
-                relative_path=readable(job.record.relative_path),
-                relative_path_b64=lossless_b64(job.record.relative_path),
-                sha256=job.record.input_sha256,
-                size_bytes=job.record.input_size,
-            ),
-            timings=Timings(
-                detected_at=job.record.detected_at,
-                started_at=started,
-                finished_at=now,
-                queue_seconds=round(queue_seconds, 4) if queue_seconds is not None else None,
-            ),
-            service=self.service,
-            attempts=max(1, job.record.attempts),
-        )
-
-    async def _succeed(
-        self,
-        job: Job,
-        resolved: ResolvedRoute,
-        lane: Lane,
-        reply: JobReply,
-        started: datetime | None,
-    ) -> None:
-        route = f"{resolved.source}->{resolved.target}"
-        sidecar = self._sidecar(job, resolved, started, "succeeded")
-        sidecar.timings.convert_seconds = reply.convert_seconds
-        sidecar.input.pages = reply.pages
-        sidecar.warnings = list(reply.warnings)
-        sidecar.converter = ConverterInfo(name=str(reply.converter), versions=dict(reply.versions))
-        info = self.pools[lane].ready_info()
-        reused = self.reuse.hit(job)  # its final event is job_reused (announce.py)
-        sidecar.reused_from = reused.reused_from if reused else None
-        sidecar.acceleration = AccelerationInfo(
-            policy=self.settings.gpu_policy,
-            device=reply.device,
-            runtime_kind=(info.runtime_kind if info else None) if lane is Lane.GPU else "none",
-            device_name=info.device_name if info and reply.device == "cuda" else None,
-        )
-        if reply.worker_host is not None:  # converted by an engine worker node
-            sidecar.service = sidecar.service.model_copy(update={"worker_host": reply.worker_host})
-            sidecar.acceleration = sidecar.acceleration.model_copy(
-                update={"runtime_kind": reply.runtime_kind, "device_name": reply.device_name}
-            )
-        output = job.work_dir / resolved.output_relative.name
-        if reused is None:
-            await self.reuse.keep(job, reply, sidecar.timings.finished_at, output)
-        async with self._publish_lock:
-            await asyncio.to_thread(
-                functools.partial(
-                    self.publisher.stage_success,
-                    pages=reply.pages_converted,
-                    pdf_variant=reply.pdf_variant,
-                ),
-                job,
-                output,
-                resolved.output_relative,
-                sidecar,
-            )
-            await asyncio.to_thread(self.publisher.finish_success, job)
-        if self.settled is not None:
-            self.settled(job.id)
-        self.metrics.job_finished(route, "succeeded", "")
-        if reused is None:  # a reused job converted nothing
-            self.metrics.convert_seconds.labels(route).observe(reply.convert_seconds or 0.0)
-            if reply.pages:
-                self.metrics.pages.labels(route).inc(reply.pages)
-        self.metrics.last_success.set(time.time())
-        self.successes.append(
-            SuccessNote(
-                job.id,
-                readable(job.record.relative_path),
-                readable(job.record.output_relative or ""),
-                route,
-                reply.convert_seconds,
-                reused is not None,
-                datetime.now(UTC).isoformat(),
-            )
-        )
-
-    async def _fail(
-        self,
-        job: Job,
-        error: SirError,
-        resolved: ResolvedRoute | None,
-        started: datetime | None,
-    ) -> None:
-        sidecar = self._sidecar(job, resolved, started, "failed")
-        sidecar.error = ErrorInfo(
-            code=error.code,
-            message=readable(error.message),
-            retryable=error.retryable,
-            details=error_details(error.details),
-        )
-        async with self._publish_lock:
-            await asyncio.to_thread(self.publisher.stage_failure, job, sidecar)
-            await asyncio.to_thread(self.publisher.finish_failure, job)
-        if self.settled is not None:
-            self.settled(job.id)
-        route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
-        self.metrics.job_finished(route, "failed", error.code)
-        if error.code in (NotRegularFile.code, UnsupportedRoute.code):
-            self.metrics.files_refused.labels(error.code).inc()
-        self.failures.append(
-            FailureNote(
-                job.id,
-                readable(job.record.relative_path),
-                error.code,
-                readable(error.message),
-                datetime.now(UTC).isoformat(),
-            )
-        )
-
     # -- recovery --------------------------------------------------------------------
 
     def recover(self) -> list[Job]:
@@ -539,4 +375,4 @@ class Lifecycle:
         return None
 
     async def fail_now(self, job: Job, error: SirError) -> None:
-        await self._fail(job, error, None, None)
+        await self.outcomes.fail(job, error, None, None)

@@ -19,6 +19,12 @@ Droppers write these files, so they are read like any other hostile input:
   inbox descriptor without following links, and copied into the job's own
   folder: the worker reads the copy, so swapping the original later changes
   nothing.
+
+``notify_url`` is not a conversion option: it names a webhook that receives the
+final event of each job below the file, besides the profile's ``[notify] url``.
+It must be one the profile's ``[notify] allowed_urls`` allows, else the jobs
+below fail with ``options_invalid``; it is returned beside the options (it never
+reaches a worker, nor the reuse key).
 """
 
 from __future__ import annotations
@@ -27,20 +33,40 @@ import os
 import stat
 import tomllib
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from converters.base import ConvertOptions, Limits
 from converters.beneath import Beneath, Missing, OutsideFolder, read_regular
 from converters.errors import OptionsInvalid
+from daemon.automation_settings import NotifySettings
 
-__all__ = ["MAX_OPTIONS_BYTES", "OPTIONS_FILE", "resolve_options"]
+__all__ = ["MAX_OPTIONS_BYTES", "OPTIONS_FILE", "FolderOptions", "resolve_options"]
 
 OPTIONS_FILE = ".sir-convert-a-lot.toml"
 MAX_OPTIONS_BYTES = 64 * 1024
 _PATH_FIELDS = {"stylesheet": ".css", "reference_docx": ".docx"}
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+_NOTIFY_KEY = "notify_url"
+
+
+class FolderOptions(NamedTuple):
+    """What a job's folder decides: its conversion options and its webhook."""
+
+    options: ConvertOptions
+    notify_url: str | None
+
+
+def _notify_url(value: object, notify: NotifySettings, where: str) -> str:
+    if not isinstance(value, str) or len(value) > 2048:
+        raise OptionsInvalid(f"{where}: notify_url must be a URL")
+    if not notify.allows(value):
+        shown = value if len(value) <= 160 else value[:157] + "..."
+        raise OptionsInvalid(
+            f"{where}: notify_url {shown} is not allowed by the profile's [notify] allowed_urls"
+        )
+    return value
 
 
 def _shown(folder: PurePosixPath) -> str:
@@ -136,14 +162,18 @@ def resolve_options(
     relative: PurePosixPath,
     copies: Path,
     limits: Limits,
-) -> ConvertOptions:
+    *,
+    notify: NotifySettings,
+) -> FolderOptions:
     """The options for a job dropped at ``inbox/relative``.
 
     ``levels`` are the descriptors of the inbox and each folder down to the
     file's own (``JobStore.open_levels``); ``copies`` is a folder of the job's
-    own where the files the options name are copied. Raises OptionsInvalid.
+    own where the files the options name are copied; ``notify`` says which
+    ``notify_url`` values are allowed. Raises OptionsInvalid.
     """
     merged: dict[str, Any] = defaults.model_dump()
+    notify_url: str | None = None
     named: dict[str, tuple[list[str], str]] = {}
     folders = [PurePosixPath(*relative.parts[:depth]) for depth in range(len(levels))]
     for folder_fd, folder in zip(levels, folders, strict=True):
@@ -155,11 +185,13 @@ def resolve_options(
         for key in _PATH_FIELDS:
             if key in table:
                 named[key] = (_inbox_parts(folder, table.pop(key), key, where), where)
+        if _NOTIFY_KEY in table:
+            notify_url = _notify_url(table.pop(_NOTIFY_KEY), notify, where)
         merged.update(table)
     for key, (parts, where) in named.items():
         merged[key] = _copy_in(levels[0], parts, key, where=where, copies=copies, limits=limits)
     try:
-        return ConvertOptions.model_validate(merged)
+        return FolderOptions(ConvertOptions.model_validate(merged), notify_url)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()

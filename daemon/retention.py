@@ -7,10 +7,18 @@ failed/ and outbox/ (off by default; each folder has its own setting).
   the age of an output (or failed input) is its sidecar's.
 * An output goes with its sidecar, sidecar first: the sidecar is the commit
   marker, so a crash in between leaves an output that no reader trusts, which
-  the next sweep removes; never a sidecar without its output.
+  the next sweep removes; never a sidecar without its output. The sidecar is
+  renamed to a tombstone (``.<name><suffix>.pruning``), the entry removed, then
+  the tombstone: a tombstone says the removal was decided, so the next sweep
+  finishes it whatever the entry's age now, and a failed *folder* entry is
+  still known as one (not walked into as a folder of failed/).
 * A ``pruned`` event per removed file (its sidecar named in the event) is
-  written just before the removal, with an id derived from the file, so a
-  sweep repeated after a crash writes no second one.
+  written just before the removal, with an id derived from what is pruned: the
+  output's (or failed input's) path, inode and mtime, never the sidecar's, which
+  goes first. So a sweep repeated after a crash between the sidecar and its
+  output computes the same id and ``append_once`` writes no second event. A
+  folder entry's mtime changes while it is removed, so its id has its inode
+  alone.
 * Nothing a job in .state names (its chosen output or failed path) is touched.
   Folders are left in place (a publish may be creating files in them).
 """
@@ -34,15 +42,30 @@ from daemon.jobs import JobRecord
 from daemon.layout import DataRoot
 from daemon.metrics import Metrics
 from daemon.names import readable
-from daemon.sidecar import ERROR_SUFFIX, META_SUFFIX
+from daemon.sidecar import ERROR_SUFFIX, META_SUFFIX, PRUNING_SUFFIX
 
-__all__ = ["Sweeper"]
+__all__ = ["Sweeper", "pruned_id"]
 
 log = structlog.get_logger("sir_convert_a_lot.retention")
 
 
 def _age_mark(st: os.stat_result) -> float:
     return max(st.st_mtime, st.st_ctime)
+
+
+def pruned_id(rel: str, st: os.stat_result) -> str:
+    """The ``pruned`` event's id for the entry at ``rel`` (data-root-relative),
+    from the entry's own stat: the same before and after its sidecar is gone."""
+    when = "dir" if stat.S_ISDIR(st.st_mode) else str(st.st_mtime_ns)
+    return f"pruned:{st.st_ino}:{when}:{readable(rel)}"
+
+
+def _tombstone(name: str, suffix: str) -> str:
+    return f".{name}{suffix}{PRUNING_SUFFIX}"
+
+
+def _is_tombstone(name: str, suffix: str) -> bool:
+    return name.startswith(".") and name.endswith(suffix + PRUNING_SUFFIX)
 
 
 def _lstat(path: Path) -> os.stat_result | None:
@@ -107,12 +130,15 @@ class Sweeper:
 
     def _walk(self, top: Path, suffix: str | None) -> Iterator[tuple[Path, list[str]]]:
         """(folder, names) beneath ``top``, never following links. A folder that is
-        a failed entry (it has a sidecar beside it) is an entry, not descended into."""
+        a failed entry (it has a sidecar or a tombstone beside it) is an entry, not
+        descended into."""
         for folder, dirs, files in os.walk(top, followlinks=False):
             here = Path(folder)
             names = set(files)
             if suffix is not None:
-                entries = [d for d in dirs if f"{d}{suffix}" in names]
+                entries = [
+                    d for d in dirs if f"{d}{suffix}" in names or _tombstone(d, suffix) in names
+                ]
                 dirs[:] = [d for d in dirs if d not in entries]
                 names.update(entries)
             yield here, sorted(names)
@@ -124,28 +150,40 @@ class Sweeper:
         for folder, names in self._walk(top, suffix):
             present = set(names)
             for name in names:
-                if name.endswith(suffix):
+                if name.endswith(suffix) or _is_tombstone(name, suffix):
                     continue
                 entry = folder / name
                 rel = self._relative(entry)
                 if rel in busy:
                     continue
                 marker = folder / f"{name}{suffix}"
-                st = _lstat(marker) if f"{name}{suffix}" in present else None
-                if st is None:
-                    st = _lstat(entry)  # no sidecar (a sweep cut short): the entry's own age
-                    marker_rel = None
-                else:
-                    marker_rel = self._relative(marker)
-                if st is None or _age_mark(st) >= cutoff:
+                tomb = folder / _tombstone(name, suffix)
+                own = _lstat(entry)
+                if own is None:
                     continue
-                self._announce(rel, marker_rel, area, st)
-                if marker_rel is not None:
-                    marker.unlink(missing_ok=True)
+                decided = tomb.name in present  # a sweep cut short: finish it
+                st = _lstat(marker) if f"{name}{suffix}" in present else None
+                marker_rel = self._relative(marker) if st is not None or decided else None
+                if not decided and _age_mark(st or own) >= cutoff:
+                    continue  # no sidecar (a sweep cut short): the entry's own age
+                self._announce(rel, marker_rel, area, own)
+                if st is not None and not decided:
+                    os.replace(marker, tomb)
                     fsync_dir(folder)
                 self._remove(entry)
                 fsync_dir(folder)
+                if marker_rel is not None:
+                    tomb.unlink(missing_ok=True)
+                    fsync_dir(folder)
                 removed.append(rel)
+            # Tombstones whose entry is gone: the removal happened, its event too.
+            for name in names:
+                if (
+                    _is_tombstone(name, suffix)
+                    and name[1 : -len(suffix + PRUNING_SUFFIX)] not in present
+                ):
+                    (folder / name).unlink(missing_ok=True)
+                    fsync_dir(folder)
             # Sidecars whose entry is gone (removed by hand): nothing to keep them for.
             for name in names:
                 if name.endswith(suffix) and name[: -len(suffix)] not in present:
@@ -188,13 +226,14 @@ class Sweeper:
             entry.unlink(missing_ok=True)
 
     def _announce(self, rel: str, sidecar: str | None, area: str, st: os.stat_result) -> None:
+        """``st``: the pruned entry's own stat (its id, see ``pruned_id``)."""
         if self.metrics is not None:
             self.metrics.files_pruned.labels(area).inc()
         if self.journal is None:
             return
         self.journal.append_once(
             EventKind.PRUNED,
-            f"pruned:{st.st_ino}:{st.st_mtime_ns}:{readable(rel)}",
+            pruned_id(rel, st),
             path=readable(rel),
             sidecar=readable(sidecar) if sidecar is not None else None,
             code=area,

@@ -1,4 +1,5 @@
 """The daemon process for one profile: wiring, the supervisor loop, readiness, and shutdown.
+(What waits in the inbox and whether intake is paused: ``daemon/intake.py``.)
 
 The supervisor loop ticks every 50 ms: it lets settled files through, claims
 them while their lane has room and intake is not paused, and starts one task
@@ -17,7 +18,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import stat
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -34,17 +34,18 @@ from daemon.automation import AutomationTasks, open_journal
 from daemon.config import ProfileSettings, Settings
 from daemon.event_reader import JournalReader
 from daemon.ignore import IgnoreRules
+from daemon.intake import Intake
 from daemon.jobs import Job
-from daemon.layout import DataRoot, normalize_extension
+from daemon.layout import DataRoot
 from daemon.lifecycle import Lifecycle
 from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
-from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
+from daemon.readiness import CheckResult, Readiness
 from daemon.revision import service_info
-from daemon.settle import Arrival, SettleTracker, StatKey
+from daemon.settle import Arrival, SettleTracker
 from daemon.status import status_report
-from daemon.watcher import InboxWatcher, scan_inbox
+from daemon.watcher import InboxWatcher
 from daemon.wire import Hello
 from daemon.workers import LanePool
 
@@ -119,7 +120,7 @@ class Service:
             else None
         )
         if self.engine is not None:
-            self.lifecycle.settled = self.engine.settled
+            self.lifecycle.outcomes.settled = self.engine.settled
         self.ignore = IgnoreRules(
             profile.all_ignore_patterns, profile.ignore_dirs, profile.asset_extensions
         )
@@ -134,121 +135,42 @@ class Service:
         self.notifier = notifier or Notifier(None, None)
         self.started_at = datetime.now(UTC)
         self.heartbeat = time.monotonic()
-        self.last_rescan: float | None = None
         self.stopping = asyncio.Event()
         self.readiness = Readiness(self)
-        # Set by readiness (the supervisor's refresh, or any evaluation): why no file is claimed.
-        self.intake_paused_reason: str | None = None
-        self._detected_at: dict[Path, datetime] = {}
-        self._ignored: set[Path] = set()
-        self._rescan_requested = False
+        self.intake = Intake(
+            self.root,
+            self.ignore,
+            self.tracker,
+            self.metrics,
+            sources={r.source for r in self.registry.routes()} | {"htm", "markdown"},
+            lane_of=self.lifecycle.lane_for,
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self.stuck: dict[str, str] = {}  # job id -> input, jobs that could not even fail
-        self._sources = {r.source for r in self.registry.routes()} | {"htm", "markdown"}
-        self._lanes: dict[tuple[str, str], Lane] = {}
 
-    # -- detection ---------------------------------------------------------------------
+    @property
+    def intake_paused_reason(self) -> str | None:
+        """Why no file is claimed (readiness's latest verdict), None while intake runs."""
+        return self.intake.paused_reason
 
-    def _on_event(self, arrival: Arrival, path: Path) -> None:
-        if path in self._ignored:
-            # Counted once already; being ignored depends on the path alone. This
-            # keeps rescans of inboxes full of idle assets cheap (ops/bench scan).
-            return
-        try:
-            relative = self.root.inbox_relative(path)
-        except ValueError:
-            return
-        reason = self.ignore.reason(relative)
-        if reason is not None:
-            if path not in self._ignored:
-                self._ignored.add(path)
-                self.metrics.files_ignored.labels(reason).inc()
-            return
-        if path not in self.tracker:
-            self._detected_at.setdefault(path, datetime.now(UTC))
-            self.metrics.files_detected.inc()
-        try:
-            st = os.lstat(path)
-        except OSError:  # gone, or a folder on the way became a file or a link
-            self.tracker.forget(path)
-            return
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
-            # Nothing to wait for: it will be refused unread. (A hard link made
-            # with ln(1) is never closed after a write, so it would never settle.)
-            arrival = Arrival.RENAMED
-        self.tracker.observe(path, arrival, time.monotonic())
-
-    def _is_entry_dir(self, name: str) -> bool:
-        return normalize_extension(name) in self._sources
-
-    def walk_inbox(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
-        """The blocking half of ``rescan``: walk the inbox, and find which of
-        ``ignored`` are gone (runs in a thread, touches no shared state)."""
-        found = list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
-        return found, {p for p in ignored if not os.path.lexists(p)}
-
-    def apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
-        """The event-loop half of ``rescan``: feed a scan's findings to the tracker.
-        Public so the bench can time what holds up the supervisor's ticks."""
-        present = set(found)
-        for path in found:
-            if path not in self.tracker:
-                self._on_event(Arrival.SCANNED, path)
-        # Forget ignored files and detection times of files that are gone, so
-        # years of rsync temp names do not accumulate in memory.
-        self._ignored -= gone_ignored
-        for path in [p for p in self._detected_at if p not in present and p not in self.tracker]:
-            del self._detected_at[path]
-        self.last_rescan = time.monotonic()
-
-    async def rescan(self) -> None:
-        found, gone = await asyncio.to_thread(self.walk_inbox, self.ignored_paths())
-        self.apply_scan(found, gone)
-
-    def ignored_paths(self) -> list[Path]:
-        """The inbox paths ignored so far (a copy, for ``walk_inbox``)."""
-        return list(self._ignored)
-
-    def request_rescan(self) -> None:
-        """Called when a folder was moved in whole: scan on the next tick."""
-        self._rescan_requested = True
-
-    @staticmethod
-    def _stat(path: Path) -> StatKey | None:
-        try:
-            st = os.lstat(path)
-        except OSError:  # gone, or a folder on the way became a file or a link
-            return None
-        return (st.st_size, st.st_mtime_ns)
+    @property
+    def last_rescan(self) -> float | None:
+        return self.intake.last_rescan
 
     # -- the supervisor loop --------------------------------------------------------------
-
-    def _lane_for(self, path: Path) -> Lane:
-        """``lifecycle.lane_for``, remembered per (folder, extension), which is all a
-        lane depends on. Every waiting file is looked at on every tick: with 10,000
-        files queued the uncached lookups took the supervisor ~0.7 s a tick."""
-        folder, _, name = str(path).rpartition("/")
-        dot = name.rfind(".")  # the same rule as PurePath.suffix
-        key = (folder, name[dot + 1 :].lower() if 0 < dot < len(name) - 1 else "")
-        lane = self._lanes.get(key)
-        if lane is None:
-            if len(self._lanes) >= 4096:
-                self._lanes.clear()
-            lane = self._lanes[key] = self.lifecycle.lane_for(path)
-        return lane
 
     async def _claim_ready(self) -> None:
         if self.intake_paused_reason or not any(p.has_room() for p in self.pools.values()):
             return  # nothing could be claimed; waiting files keep their place
         now = time.monotonic()
-        ready = self.tracker.due(now, self._stat)
+        ready = self.tracker.due(now, self.intake.stat)
         for path in ready:
-            lane = self._lane_for(path)
+            lane = self.intake.lane_for(path)
             if self.intake_paused_reason or not self.pools[lane].has_room():
                 # Leave it in the inbox; it is seen again on the next tick.
                 self.tracker.observe(path, Arrival.RENAMED, now)
                 continue
-            detected = self._detected_at.pop(path, datetime.now(UTC))
+            detected = self.intake.detected_at(path)
             try:
                 job = await asyncio.to_thread(self.lifecycle.claim, path, detected)
             except OSError as exc:
@@ -260,7 +182,7 @@ class Service:
                 # until it is gone (rules in docs/security.md); the rest goes on.
                 log.exception("claim_crashed", input=str(path))
                 self.metrics.internal_errors.labels("claim").inc()
-                self._ignored.add(path)
+                self.intake.ignore_for_good(path)
                 continue
             if job is not None:
                 self._spawn(job)
@@ -315,10 +237,10 @@ class Service:
                     log.exception("readiness_refresh_failed")
             try:
                 await self._claim_ready()
-                if time.monotonic() >= next_rescan or self._rescan_requested:
-                    self._rescan_requested = False
+                if time.monotonic() >= next_rescan or self.intake.rescan_requested:
+                    self.intake.rescan_requested = False
                     next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
-                    await self.rescan()
+                    await self.intake.rescan()
                 self._update_gauges()
             except Exception:
                 # The loop is the daemon's heartbeat: it must outlive any one bug.
@@ -334,10 +256,7 @@ class Service:
         at once, whoever asked: a failing blocker (full or unwritable data root,
         another profile's data root) pauses claims until it passes again."""
         ready, results = self.readiness.evaluate(force=force)
-        self.intake_paused_reason = next(
-            (r.code for r in results if not r.ok and r.code in INTAKE_BLOCKERS), None
-        )
-        self.announce.intake(self.intake_paused_reason)
+        self.announce.intake(self.intake.pause_for(results))
         self.announce.readiness(ready, [r.code for r in results if not r.ok])
         return ready, results
 
@@ -462,8 +381,8 @@ class Service:
             else:
                 self._spawn(job)
         await self.start_lanes()
-        self.watcher.start(loop, self._on_event, self.request_rescan)
-        await self.rescan()
+        self.watcher.start(loop, self.intake.on_event, self.intake.request_rescan)
+        await self.intake.rescan()
         self.announce.started(len(recovered))
         if self.automation is not None:
             self.automation.start()

@@ -32,6 +32,7 @@ __all__ = [
     "ARTIFACT_SUFFIXES",
     "ERROR_SUFFIX",
     "META_SUFFIX",
+    "PRUNING_SUFFIX",
     "ArtifactInfo",
     "ArtifactKind",
     "artifact_kind",
@@ -44,6 +45,10 @@ __all__ = [
 # next to a failed input. Spelled here only.
 META_SUFFIX = ".meta.json"
 ERROR_SUFFIX = ".error.json"
+# Retention renames a sidecar to ".<name><sidecar suffix>.pruning" before it removes
+# the sidecar's entry (daemon/retention.py): no reader trusts it, the next sweep
+# finishes the removal.
+PRUNING_SUFFIX = ".pruning"
 
 # What else a job may publish beside its main output ``<stem>.<ext>``: the
 # companions are named ``<stem><suffix>`` (``paper.images/``, ``paper.docling.json``,

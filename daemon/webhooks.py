@@ -1,4 +1,5 @@
-"""Push: POST each final event of the journal to the profile's ``[notify] url``.
+"""Push: POST each final event of the journal to the profile's ``[notify] url``
+and, for a job whose folder names one, to its ``notify_url``.
 
 The journal is the outbox. One asyncio task reads it after a durable cursor
 (``.state/webhook-cursor.json``, the last seq handled), POSTs every final event
@@ -9,6 +10,12 @@ until it answers: delivery is at least once, a duplicate always carries the same
 ``event_id``, and conversion never waits for it (the sender only reads the
 journal). Off unless ``url`` is set: without it the daemon makes no outbound
 connection.
+
+Two senders, each with its own cursor, so one receiver that is down never holds
+back the other: ``profile`` posts every final event to ``[notify] url``
+(``webhook-cursor.json``); ``folder`` posts the final events that carry a
+``notify_url`` (decided at the claim, kept in the job's record) to that URL
+(``webhook-folder-cursor.json``), if ``[notify] allowed_urls`` still allows it.
 
 Headers: ``X-Sir-Convert-A-Lot-Event`` (kind), ``X-Sir-Convert-A-Lot-Event-Id``
 and, with a ``secret_file``, ``X-Sir-Convert-A-Lot-Signature: sha256=<hex>``, the
@@ -24,11 +31,12 @@ import hmac
 import json
 import random
 from pathlib import Path
+from typing import Literal
 
 import aiohttp
 import structlog
 
-from daemon.config import NotifySettings
+from daemon.automation_settings import NotifySettings
 from daemon.durable import atomic_write
 from daemon.errors import ConfigError
 from daemon.event_reader import JournalReader
@@ -36,7 +44,7 @@ from daemon.events import FINAL_KINDS, Event, Journal
 from daemon.layout import DataRoot
 from daemon.metrics import Metrics
 
-__all__ = ["SIGNATURE_HEADER", "WebhookSender", "sign"]
+__all__ = ["SIGNATURE_HEADER", "Target", "WebhookSender", "sign"]
 
 log = structlog.get_logger("sir_convert_a_lot.webhooks")
 
@@ -44,6 +52,11 @@ SIGNATURE_HEADER = "X-Sir-Convert-A-Lot-Signature"
 EVENT_HEADER = "X-Sir-Convert-A-Lot-Event"
 EVENT_ID_HEADER = "X-Sir-Convert-A-Lot-Event-Id"
 POLL_SECONDS = 0.25
+Target = Literal["profile", "folder"]
+_CURSORS: dict[Target, str] = {
+    "profile": "webhook-cursor.json",
+    "folder": "webhook-folder-cursor.json",
+}
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -63,17 +76,36 @@ def _read_secret(path: Path) -> bytes:
 
 class WebhookSender:
     def __init__(
-        self, settings: NotifySettings, root: DataRoot, journal: Journal, metrics: Metrics
+        self,
+        settings: NotifySettings,
+        root: DataRoot,
+        journal: Journal,
+        metrics: Metrics,
+        *,
+        target: Target = "profile",
     ) -> None:
-        assert settings.url is not None
-        self.url = settings.url
+        assert target == "folder" or settings.url is not None
+        self.target: Target = target
         self.settings = settings
         self.root = root
         self.journal = journal
         self.metrics = metrics
         self.secret = _read_secret(settings.secret_file) if settings.secret_file else None
-        self.cursor_path = root.state / "webhook-cursor.json"
+        self.cursor_path = root.state / _CURSORS[target]
         self.delivered = self._load_cursor()
+
+    def _url(self, event: Event) -> str | None:
+        """Where this sender posts ``event``; None: not this sender's."""
+        if event.kind not in FINAL_KINDS:
+            return None
+        if self.target == "profile":
+            return self.settings.url
+        url = event.notify_url
+        if url is not None and not self.settings.allows(url):
+            log.warning("webhook_url_not_allowed", seq=event.seq, event_id=event.event_id)
+            self.metrics.webhook_deliveries.labels("skipped").inc()
+            return None
+        return url
 
     def _load_cursor(self) -> int:
         """The last seq handled; on first use, the journal's end (history is not pushed)."""
@@ -86,7 +118,7 @@ class WebhookSender:
             raise ConfigError(f"{self.cursor_path} is unreadable ({exc}); remove it") from None
 
     def _save_cursor(self, seq: int) -> None:
-        body = json.dumps({"delivered_seq": seq, "url": self.url}).encode()
+        body = json.dumps({"delivered_seq": seq, "target": self.target}).encode()
         atomic_write(self.cursor_path, body, tmp_dir=self.root.tmp)
 
     async def run(self) -> None:
@@ -102,23 +134,27 @@ class WebhookSender:
                     self.metrics.webhook_deliveries.labels("skipped").inc(lost)
                 moved = False
                 for event in events:
-                    if event.kind in FINAL_KINDS:
+                    if (url := self._url(event)) is not None:
                         if moved:
                             await asyncio.to_thread(self._save_cursor, self.delivered)
-                        await self._deliver(session, event)
+                        await self._deliver(session, url, event)
                         self.delivered = event.seq
                         await asyncio.to_thread(self._save_cursor, self.delivered)
                         moved = False
                     else:
                         self.delivered, moved = event.seq, True
-                    self.metrics.webhook_backlog.set(self.journal.last_seq - self.delivered)
+                    self._backlog()
                 if moved:
                     await asyncio.to_thread(self._save_cursor, self.delivered)
-                self.metrics.webhook_backlog.set(self.journal.last_seq - self.delivered)
+                self._backlog()
                 if not events:
                     await asyncio.sleep(POLL_SECONDS)
 
-    async def _deliver(self, session: aiohttp.ClientSession, event: Event) -> None:
+    def _backlog(self) -> None:
+        if self.target == "profile":  # the gauge is the profile URL's
+            self.metrics.webhook_backlog.set(self.journal.last_seq - self.delivered)
+
+    async def _deliver(self, session: aiohttp.ClientSession, url: str, event: Event) -> None:
         body = event.model_dump_json().encode()
         headers = {
             "Content-Type": "application/json",
@@ -130,7 +166,7 @@ class WebhookSender:
         failures = 0
         while True:
             try:
-                async with session.post(self.url, data=body, headers=headers) as resp:
+                async with session.post(url, data=body, headers=headers) as resp:
                     await resp.read()
                     if 200 <= resp.status < 300:
                         self.metrics.webhook_deliveries.labels("delivered").inc()
@@ -144,6 +180,7 @@ class WebhookSender:
             wait *= random.uniform(0.8, 1.0)  # noqa: S311 (jitter, not a secret)
             log.warning(
                 "webhook_delivery_failed",
+                target=self.target,
                 seq=event.seq,
                 event_id=event.event_id,
                 problem=problem[:300],

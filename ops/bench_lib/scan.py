@@ -81,17 +81,17 @@ def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
     async def run() -> dict[str, Any]:
         service = Service(settings, profile)
         started = time.monotonic()
-        await service.rescan()
+        await service.intake.rescan()
         first = time.monotonic() - started
         later: list[float] = []
         in_loop: list[float] = []
         for _ in range(reps):
             started = time.monotonic()
-            await service.rescan()
+            await service.intake.rescan()
             later.append(time.monotonic() - started)
-            found, gone = service.walk_inbox(service.ignored_paths())
+            found, gone = service.intake.walk_inbox(service.intake.ignored_paths())
             started = time.monotonic()
-            service.apply_scan(found, gone)
+            service.intake.apply_scan(found, gone)
             in_loop.append(time.monotonic() - started)
         return {"first": first, "later": median(later), "in_loop": median(in_loop)}
 

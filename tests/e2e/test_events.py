@@ -13,7 +13,9 @@ daemon is SIGKILLed while jobs are between their sidecar and their final event
 
 Short mode: 40 files, 2 kills. Long mode (``SIR_CONVERT_A_LOT_TEST_LONG=1``):
 200 files, 8 kills. Retention through the daemon: a failed input and its error
-sidecar pruned together.
+sidecar pruned together. A folder's own webhook (``notify_url``): its jobs'
+final events go to it and to the profile's URL; a URL the profile does not
+allow fails the job ``options_invalid``.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ class Receiver:
         self.port = port
         self.posts: list[tuple[str, bytes, bool]] = []  # event id, body, signature ok
         self.refused = 0
+        self.paths: list[str] = []  # the request path of each accepted POST
         self.lock = threading.Lock()
         self.server: http.server.ThreadingHTTPServer | None = None
 
@@ -70,6 +73,7 @@ class Receiver:
                     else:
                         event_id = self.headers.get("X-Sir-Convert-A-Lot-Event-Id", "")
                         receiver.posts.append((event_id, body, signed))
+                        receiver.paths.append(self.path)
                 self.send_response(503 if refuse else 204)
                 self.end_headers()
 
@@ -320,3 +324,57 @@ def test_retention_prunes_failed_pairs_through_the_daemon(tmp_path: Path) -> Non
     failed_event = next(e for e in journal if e["kind"] == "job_failed")
     assert failed_event["code"] == "unsupported_route"
     assert failed_event["seq"] < pruned[0]["seq"]
+
+
+def test_a_folder_webhook_gets_its_jobs_and_a_foreign_url_is_refused(tmp_path: Path) -> None:
+    """No worker needed: the jobs fail (no route, or options_invalid before any
+    conversion), which is enough to follow their final events."""
+    profile_hook, folder_hook = Receiver(free_port()), Receiver(free_port())
+    secret = tmp_path / "webhook.secret"
+    secret.write_bytes(SECRET)
+    hooks = f"http://127.0.0.1:{folder_hook.port}/hooks/"
+    daemon = FaultyDaemon(
+        tmp_path,
+        extra_config=(
+            "[profiles.eval.notify]\n"
+            f'url = "http://127.0.0.1:{profile_hook.port}/all"\n'
+            f'allowed_urls = ["{hooks}"]\n'
+            f'secret_file = "{secret}"\nbackoff_max_seconds = 0.5\n'
+        ),
+    )
+    team = daemon.inbox / "to-md" / "team"
+    rogue = daemon.inbox / "to-pdf" / "rogue"
+    team.mkdir(parents=True)
+    rogue.mkdir(parents=True)
+    (team / ".sir-convert-a-lot.toml").write_text(f'[options]\nnotify_url = "{hooks}team"\n')
+    foreign = f"http://127.0.0.1:{profile_hook.port}/elsewhere"
+    (rogue / ".sir-convert-a-lot.toml").write_text(f'[options]\nnotify_url = "{foreign}"\n')
+    (team / "a.xyz").write_text("no route converts this")
+    (rogue / "b.md").write_text("# never converted\n")
+    (daemon.inbox / "to-md" / "c.xyz").write_text("no route converts this")
+    profile_hook.start()
+    folder_hook.start()
+    try:
+        daemon.start(wait_ready=False)
+        error = daemon.error("to-pdf/rogue/b.md", timeout=120)["error"]
+        assert error["code"] == "options_invalid"
+        assert foreign in error["message"] and "allowed_urls" in error["message"]
+        _wait(lambda: len(profile_hook.ids()) == 3, 60, daemon, "3 events at the profile URL")
+        _wait(lambda: len(folder_hook.ids()) == 1, 60, daemon, "1 event at the folder URL")
+        time.sleep(1.0)  # nothing else arrives
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            daemon.kill()
+        profile_hook.stop()
+        folder_hook.stop()
+    finals = {e["input"]: e for e in _finals(_journal(daemon.root))}
+    assert finals["to-md/team/a.xyz"]["notify_url"] == f"{hooks}team"
+    assert finals["to-pdf/rogue/b.md"]["notify_url"] is None
+    assert finals["to-md/c.xyz"]["notify_url"] is None
+    assert profile_hook.ids() == {e["event_id"] for e in finals.values()}
+    assert folder_hook.ids() == {finals["to-md/team/a.xyz"]["event_id"]}
+    assert folder_hook.paths == ["/hooks/team"]
+    assert all(signed for _, _, signed in profile_hook.posts + folder_hook.posts)
+    cursors = json.loads((daemon.root / ".state" / "webhook-folder-cursor.json").read_text())
+    assert cursors["delivered_seq"] >= finals["to-md/team/a.xyz"]["seq"]

@@ -94,8 +94,10 @@ def build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Build]:
 
 async def watch(service: Service) -> None:
     """Start the real inbox watcher and run the first scan, as Service.start does."""
-    service.watcher.start(asyncio.get_running_loop(), service._on_event, service.request_rescan)
-    await service.rescan()
+    service.watcher.start(
+        asyncio.get_running_loop(), service.intake.on_event, service.intake.request_rescan
+    )
+    await service.intake.rescan()
 
 
 @pytest.fixture

@@ -135,3 +135,52 @@ def test_a_sidecar_whose_output_was_removed_by_hand_goes_too(root: DataRoot) -> 
         "outbox/gone.pdf.meta.json",
         "outbox/kept.pdf",
     ]
+
+
+class Crash(Exception):
+    """The daemon dies between removing a sidecar and its entry."""
+
+
+def test_a_sweep_repeated_after_a_crash_writes_no_second_pruned_event(
+    root: DataRoot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(root.outbox / "to-pdf/a.pdf")
+    put(root.outbox / "to-pdf/a.pdf.meta.json", "{}")
+    put(root.failed / "to-md/folder-entry/inside.txt")  # a folder entry: rmtree'd
+    put(root.failed / "to-md/folder-entry/other.txt")
+    put(root.failed / "to-md/folder-entry.error.json", "{}")
+    settings = RetentionSettings(outbox_days=1, failed_days=1)
+    later = time.time() + 2 * DAY
+    real_remove = Sweeper._remove
+
+    def crash_midway(entry: Path) -> None:
+        if entry.is_dir():  # rmtree got one file far: the folder's mtime changed
+            (entry / "inside.txt").unlink()
+        raise Crash
+
+    journal = Journal(root.events, "eval")
+    monkeypatch.setattr(Sweeper, "_remove", staticmethod(crash_midway))
+    with pytest.raises(Crash):
+        Sweeper(RetentionSettings(outbox_days=1), root, journal).sweep(now=later)
+    with pytest.raises(Crash):  # the same crash on the folder entry
+        Sweeper(RetentionSettings(failed_days=1), root, journal).sweep(now=later)
+    journal.close()
+    assert not (root.outbox / "to-pdf/a.pdf.meta.json").exists()
+    assert not (root.failed / "to-md/folder-entry.error.json").exists()
+    assert (root.outbox / "to-pdf/a.pdf").exists(), "the crash left the output"
+    assert (root.outbox / "to-pdf/.a.pdf.meta.json.pruning").exists(), "and a tombstone"
+
+    monkeypatch.setattr(Sweeper, "_remove", staticmethod(real_remove))
+    restarted = Journal(root.events, "eval")  # a restart: ids read back from disk
+    assert sorted(Sweeper(settings, root, restarted).sweep(now=later)) == [
+        "failed/to-md/folder-entry",
+        "outbox/to-pdf/a.pdf",
+    ]
+    assert os.listdir(root.outbox / "to-pdf") == [], "tombstones go too"
+    assert os.listdir(root.failed / "to-md") == []
+    pruned = [e for e in events(restarted) if e["kind"] == "pruned"]
+    assert [(e["path"], e["sidecar"]) for e in pruned] == [
+        ("outbox/to-pdf/a.pdf", "outbox/to-pdf/a.pdf.meta.json"),
+        ("failed/to-md/folder-entry", "failed/to-md/folder-entry.error.json"),
+    ], "one event each, the first (naming the sidecar) kept"
+    restarted.close()

@@ -44,6 +44,13 @@ class Hook:
         return web.Response(status=204)
 
 
+def cursor(root: DataRoot, name: str = "webhook-cursor.json") -> int | None:
+    try:
+        return int(json.loads((root.state / name).read_text())["delivered_seq"])
+    except FileNotFoundError:
+        return None
+
+
 async def wait_for(condition: Any, timeout: float = 10.0) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -77,7 +84,8 @@ async def test_final_events_are_posted_signed_in_order_and_the_cursor_survives(
     journal.append(EventKind.JOB_FAILED, "b:job_failed", job_id="b", code="corrupt_input")
     task = asyncio.create_task(sender.run())
     try:
-        await wait_for(lambda: len(hook.got) == 2)
+        # The cursor moves after the answer: wait for it too, not only the POST.
+        await wait_for(lambda: len(hook.got) == 2 and cursor(root) == 4)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -90,7 +98,7 @@ async def test_final_events_are_posted_signed_in_order_and_the_cursor_survives(
         raw = json.dumps(body, separators=(",", ":")).encode()
         assert signature == sign(b"k3y", raw)
         assert signature == "sha256=" + hmac.new(b"k3y", raw, hashlib.sha256).hexdigest()
-    assert json.loads((root.state / "webhook-cursor.json").read_text())["delivered_seq"] == 4
+    assert cursor(root) == 4
     assert metrics.webhook_deliveries.labels("failed")._value.get() == 1
 
     # A restart resumes after the cursor: nothing is posted twice.
@@ -119,4 +127,68 @@ def test_an_unreadable_secret_refuses_to_start(tmp_path: Path) -> None:
         WebhookSender(settings, root, journal, Metrics("eval", routes=[]))
     with pytest.raises(ValueError, match="http"):
         NotifySettings(url="ftp://example.invalid/")
+    journal.close()
+
+
+async def test_a_folder_url_gets_its_jobs_final_events_beside_the_profile_url(
+    tmp_path: Path, aiohttp_server: Any
+) -> None:
+    """Two receivers, two cursors: the folder's receiver refuses for a while and
+    the profile's gets everything meanwhile; each gets each event once, signed."""
+    profile_hook, folder_hook = Hook(), Hook(refuse_first=3)
+    app = web.Application()
+    app.router.add_post("/profile", profile_hook.handle)
+    app.router.add_post("/hooks/team-a", folder_hook.handle)
+    server = await aiohttp_server(app)
+    secret = tmp_path / "secret"
+    secret.write_text("k3y")
+    root = DataRoot(tmp_path / "root")
+    root.create()
+    journal = Journal(root.events, "eval")
+    folder_url = str(server.make_url("/hooks/team-a"))
+    settings = NotifySettings(
+        url=str(server.make_url("/profile")),
+        allowed_urls=(str(server.make_url("/hooks/")),),
+        secret_file=secret,
+        backoff_max_seconds=0.2,
+    )
+    metrics = Metrics("eval", routes=["md->pdf"])
+    senders = [
+        WebhookSender(settings, root, journal, metrics),
+        WebhookSender(settings, root, journal, metrics, target="folder"),
+    ]
+    journal.append(EventKind.JOB_SUCCEEDED, "a:job_succeeded", job_id="a", notify_url=folder_url)
+    journal.append(EventKind.JOB_SUCCEEDED, "b:job_succeeded", job_id="b")
+    journal.append(EventKind.JOB_FAILED, "c:job_failed", job_id="c", notify_url=folder_url)
+    # No longer allowed (the profile changed): skipped, never posted.
+    journal.append(
+        EventKind.JOB_FAILED, "d:job_failed", job_id="d", notify_url="http://127.0.0.1:9/x"
+    )
+    tasks = [asyncio.create_task(s.run()) for s in senders]
+    try:
+        await wait_for(lambda: len(profile_hook.got) == 4)
+        assert folder_hook.got == [], "the folder's receiver still refuses"
+        await wait_for(lambda: len(folder_hook.got) == 2)
+        await wait_for(
+            lambda: cursor(root) == 4 and cursor(root, "webhook-folder-cursor.json") == 4
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert [i for _, _, i in profile_hook.got] == [
+        "a:job_succeeded",
+        "b:job_succeeded",
+        "c:job_failed",
+        "d:job_failed",
+    ]
+    assert [i for _, _, i in folder_hook.got] == ["a:job_succeeded", "c:job_failed"]
+    for body, signature, _ in folder_hook.got:
+        assert body["notify_url"] == folder_url
+        raw = json.dumps(body, separators=(",", ":")).encode()
+        assert signature == sign(b"k3y", raw)
+    assert metrics.webhook_deliveries.labels("skipped")._value.get() == 1
+    assert metrics.webhook_deliveries.labels("failed")._value.get() == 3
     journal.close()
