@@ -32,17 +32,18 @@ from converters.registry import Registry, default_registry
 from daemon.config import ProfileSettings, Settings
 from daemon.ignore import IgnoreRules
 from daemon.jobs import Job
-from daemon.layout import DataRoot, normalize_extension
+from daemon.layout import DataRoot
 from daemon.lifecycle import Lifecycle
 from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult, Readiness
 from daemon.revision import service_info
+from daemon.scanner import IgnoredEntries, InboxScan, ScannerProcess
 from daemon.settle import Arrival, SettleTracker, StatKey
 from daemon.status import status_report
-from daemon.watcher import InboxWatcher, scan_inbox
-from daemon.wire import Hello
+from daemon.watcher import InboxWatcher
+from daemon.wire import Hello, ScanReply, ScanSetup, WireError
 from daemon.workers import LanePool
 
 __all__ = ["Service"]
@@ -51,6 +52,8 @@ log = structlog.get_logger("sir_convert_a_lot.service")
 
 TICK_SECONDS = 0.05
 REFRESH_SECONDS = 1.0
+# A helper that has not answered a rescan by then is replaced.
+RESCAN_TIMEOUT_SECONDS = 300.0
 
 
 class Service:
@@ -103,19 +106,22 @@ class Service:
         # Set by readiness (the supervisor's refresh, or any evaluation): why no file is claimed.
         self.intake_paused_reason: str | None = None
         self._detected_at: dict[Path, datetime] = {}
-        self._ignored: set[Path] = set()
+        self._ignored = IgnoredEntries(self._count_ignored)
         self._rescan_requested = False
+        self._rescan_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.stuck: dict[str, str] = {}  # job id -> input, jobs that could not even fail
         self._sources = {r.source for r in self.registry.routes()} | {"htm", "markdown"}
+        self._local_scan = InboxScan(self.scan_setup())
+        # The rescan helper process; started by ``start`` (the daemon) only.
+        self.scanner: ScannerProcess | None = None
         self._lanes: dict[tuple[str, str], Lane] = {}
 
     # -- detection ---------------------------------------------------------------------
 
     def _on_event(self, arrival: Arrival, path: Path) -> None:
         if path in self._ignored:
-            # Counted once already; being ignored depends on the path alone. This
-            # keeps rescans of inboxes full of idle assets cheap (ops/bench scan).
+            # Counted once already; being ignored depends on the path alone.
             return
         try:
             relative = self.root.inbox_relative(path)
@@ -123,9 +129,7 @@ class Service:
             return
         reason = self.ignore.reason(relative)
         if reason is not None:
-            if path not in self._ignored:
-                self._ignored.add(path)
-                self.metrics.files_ignored.labels(reason).inc()
+            self._ignored.add(path, reason)
             return
         if path not in self.tracker:
             self._detected_at.setdefault(path, datetime.now(UTC))
@@ -141,36 +145,48 @@ class Service:
             arrival = Arrival.RENAMED
         self.tracker.observe(path, arrival, time.monotonic())
 
-    def _is_entry_dir(self, name: str) -> bool:
-        return normalize_extension(name) in self._sources
+    def _count_ignored(self, reason: str, count: int) -> None:
+        self.metrics.files_ignored.labels(reason).inc(count)
 
-    def walk_inbox(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
-        """The blocking half of ``rescan``: walk the inbox, and find which of
-        ``ignored`` are gone (runs in a thread, touches no shared state)."""
-        found = list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
-        return found, {p for p in ignored if not os.path.lexists(p)}
+    def scan_setup(self) -> ScanSetup:
+        return ScanSetup(
+            inbox=str(self.root.inbox),
+            ignore_patterns=list(self.ignore.patterns),
+            ignore_dirs=list(self.ignore.dirs),
+            asset_extensions=list(self.ignore.asset_extensions),
+            entry_dir_extensions=sorted(self._sources),
+        )
 
-    def apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
+    def apply_scan(self, reply: ScanReply, *, fresh_helper: bool = False) -> None:
         """The event-loop half of ``rescan``: feed a scan's findings to the tracker.
+        Its cost follows what changed since the last scan, not the inbox's size.
         Public so the bench can time what holds up the supervisor's ticks."""
-        present = set(found)
+        self._ignored.apply(reply, fresh_helper=fresh_helper)
+        found = [Path(raw) for raw in reply.candidates]
         for path in found:
             if path not in self.tracker:
                 self._on_event(Arrival.SCANNED, path)
-        # Forget ignored files and detection times of files that are gone, so
-        # years of rsync temp names do not accumulate in memory.
-        self._ignored -= gone_ignored
+        present = set(found)
         for path in [p for p in self._detected_at if p not in present and p not in self.tracker]:
             del self._detected_at[path]
         self.last_rescan = time.monotonic()
 
     async def rescan(self) -> None:
-        found, gone = await asyncio.to_thread(self.walk_inbox, self.ignored_paths())
-        self.apply_scan(found, gone)
-
-    def ignored_paths(self) -> list[Path]:
-        """The inbox paths ignored so far (a copy, for ``walk_inbox``)."""
-        return list(self._ignored)
+        """Scan the inbox: by the helper process when the daemon runs, else (``check``,
+        ``convert``, a helper that failed) by the same code in a thread."""
+        reply: ScanReply | None = None
+        fresh = False
+        if self.scanner is not None:
+            try:
+                reply, fresh = await self.scanner.scan(RESCAN_TIMEOUT_SECONDS)
+            except (OSError, WireError) as exc:
+                log.warning("rescan_helper_failed", error=str(exc)[:200])
+                self.metrics.internal_errors.labels("rescan").inc()
+        if reply is None:
+            reply = await asyncio.to_thread(self._local_scan.scan)
+            fresh = self.scanner is not None  # it did not see the helper's scans
+        self.apply_scan(reply, fresh_helper=fresh)
+        await self._ignored.forget_gone()
 
     def request_rescan(self) -> None:
         """Called when a folder was moved in whole: scan on the next tick."""
@@ -223,7 +239,7 @@ class Service:
                 # until it is gone (rules in docs/security.md); the rest goes on.
                 log.exception("claim_crashed", input=str(path))
                 self.metrics.internal_errors.labels("claim").inc()
-                self._ignored.add(path)
+                self._ignored.add(path, None)
                 continue
             if job is not None:
                 self._spawn(job)
@@ -255,6 +271,13 @@ class Service:
                 log.exception("job_stuck", job_id=job.id)
                 self.stuck[job.id] = readable(job.record.relative_path)
 
+    async def _background_rescan(self) -> None:
+        try:
+            await self.rescan()
+        except Exception:
+            log.exception("rescan_failed")
+            self.metrics.internal_errors.labels("rescan").inc()
+
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self.tracker))
         oldest = self.tracker.oldest()
@@ -278,10 +301,12 @@ class Service:
                     log.exception("readiness_refresh_failed")
             try:
                 await self._claim_ready()
-                if time.monotonic() >= next_rescan or self._rescan_requested:
+                due = time.monotonic() >= next_rescan or self._rescan_requested
+                if due and (self._rescan_task is None or self._rescan_task.done()):
+                    # In the background: claims go on while the helper walks.
                     self._rescan_requested = False
                     next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
-                    await self.rescan()
+                    self._rescan_task = asyncio.create_task(self._background_rescan())
                 self._update_gauges()
             except Exception:
                 # The loop is the daemon's heartbeat: it must outlive any one bug.
@@ -411,6 +436,7 @@ class Service:
                 self._spawn(job)
         await self.start_lanes()
         self.watcher.start(loop, self._on_event, self.request_rescan)
+        self.scanner = ScannerProcess(self.scan_setup())
         await self.rescan()
         log.info(
             "service_started",
@@ -442,6 +468,12 @@ class Service:
         seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         log.info("draining", in_flight=len(self.lifecycle.active), seconds=seconds)
         self.watcher.stop()
+        if self._rescan_task is not None:
+            self._rescan_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rescan_task
+        if self.scanner is not None:
+            await self.scanner.stop()
         for pool in self.pools.values():
             pool.stop_accepting()
         deadline = time.monotonic() + seconds
