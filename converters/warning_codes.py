@@ -26,6 +26,7 @@ class WarningCode(enum.StrEnum):
     EMPTY_OUTPUT = "empty_output"
     PARTIAL_CONVERSION = "partial_conversion"
     PDF_PAGES_SKIPPED = "pdf_pages_skipped"
+    PDF_CONVERTED_PAGE_BY_PAGE = "pdf_converted_page_by_page"
     # how pdf → md ran
     OCR_APPLIED = "ocr_applied"
     TABLE_MODEL_MISSING = "table_model_missing"
@@ -48,6 +49,10 @@ MEANINGS: dict[WarningCode, str] = {
     WarningCode.EMPTY_OUTPUT: "the output holds no text and no picture",
     WarningCode.PARTIAL_CONVERSION: "docling converted the document only in part",
     WarningCode.PDF_PAGES_SKIPPED: "pdf2docx skipped pages it could not convert",
+    WarningCode.PDF_CONVERTED_PAGE_BY_PAGE: (
+        "pdf2docx failed on the whole document, so each page was converted on its own "
+        "(no headers, footers or sections detected across pages)"
+    ),
     WarningCode.OCR_APPLIED: "pdf → md ran full-page OCR (forced, or too little text layer)",
     WarningCode.TABLE_MODEL_MISSING: "the TableFormer model is missing: tables are plain text",
     WarningCode.GPU_UNAVAILABLE_RAN_ON_CPU: "gpu_policy preferred, no usable GPU: ran on the CPU",
