@@ -31,6 +31,9 @@ class Plan:
     memory_jobs: int
     memory_recycle: int
     sections: tuple[str, ...] = ("latency", "throughput", "scale", "scan", "memory")
+    # Throughput comparisons to run ("html_small->md"…); empty: all of the mode.
+    routes: tuple[str, ...] = ()
+    alternatives: bool = True  # also time the per-file CLIs
 
 
 MODES: dict[str, Plan] = {

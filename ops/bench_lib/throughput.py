@@ -169,7 +169,7 @@ def measure_throughput(
     runner = _Runner(bench, daemon, observer)
     out: list[dict[str, Any]] = []
     for c in COMPARISONS:
-        if c.medium and not plan.medium:
+        if (c.medium and not plan.medium) or (plan.routes and c.key not in plan.routes):
             continue
         count = plan.pdf_files if c.slow else plan.daemon_files
         parallel = runner.workers[c.lane]
@@ -209,7 +209,7 @@ def measure_throughput(
         loop_median = entry["in_process"]["median_seconds"]
         entry["overhead_ratio"] = round(daemon_median / loop_median, 3) if loop_median else None
         ours_fps = entry["daemon"]["files_per_second"]
-        for alternative in c.alternatives:
+        for alternative in c.alternatives if plan.alternatives else ():
             reps = plan.pdf_reps if c.source == "pdf" or "docling" in alternative else plan.reps
             n = _cli_count(bench, c, alternative, count)
             bench.log(f"throughput {c.key}: {alternative}, {reps} x {n} files")
