@@ -372,13 +372,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds per document")
     parser.add_argument("--max-pages", type=int, default=60, help="skip longer documents")
-    parser.add_argument("--json", type=Path, metavar="OUT")
+    parser.add_argument(
+        "--origin", choices=("installed", "made"), help="only the installed or the made PDFs"
+    )
+    parser.add_argument("--json", type=Path, metavar="OUT", help="rewritten after each document")
     parser.add_argument("--one", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(_convert_one(args.one[0], args.one[1])), flush=True)
         return 0
     docs, missing = build(args.cache)
+    if args.origin:
+        docs = [d for d in docs if d.origin.startswith(args.origin)]
     work = args.cache / "out"
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
@@ -392,10 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{row.outcome:9} {row.seconds:7.2f}s {doc.producer:30} {row.document}", file=sys.stderr
         )
         rows.append(row)
+        if args.json:
+            report = {"rows": [asdict(r) for r in rows], "not_available": missing}
+            args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(render(rows, missing))
-    if args.json:
-        report = {"rows": [asdict(r) for r in rows], "not_available": missing}
-        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
