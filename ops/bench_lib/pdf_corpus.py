@@ -351,7 +351,8 @@ def render(rows: list[Row], missing: list[str]) -> str:
             f"| {r.seconds} | {why or r.message[:80]} |"
         )
     failed = [r for r in rows if r.outcome in ("failed", "crashed", "timeout")]
-    producers = sorted({r.producer for r in rows} | {r.pdf_producer for r in rows} - {""})
+    # Distinct producing programs: the PDF's own /Producer, else our label.
+    producers = {(r.pdf_producer or r.producer).split(" ")[0].lower() for r in rows}
     share = 100 * len(failed) / len(rows) if rows else 0.0
     out.append("")
     out.append(
@@ -375,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--origin", choices=("installed", "made"), help="only the installed or the made PDFs"
     )
+    parser.add_argument(
+        "--match", default="", help="only documents whose names contain one of these (a,b)"
+    )
     parser.add_argument("--json", type=Path, metavar="OUT", help="rewritten after each document")
     parser.add_argument("--one", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -384,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
     docs, missing = build(args.cache)
     if args.origin:
         docs = [d for d in docs if d.origin.startswith(args.origin)]
+    if args.match:
+        wanted = args.match.split(",")
+        docs = [d for d in docs if any(w in d.path.name for w in wanted)]
     work = args.cache / "out"
     work.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
