@@ -338,6 +338,12 @@ def measure(doc: Document, work: Path, timeout: float) -> Row:
     return row
 
 
+def _program(producer: str) -> str:
+    """The producing program without its version: "pdfTeX-1.40.24" -> "pdftex"."""
+    words = producer.replace("GPL ", "").replace("Aladdin ", "").split()
+    return words[0].split("-")[0].lower() if words else "?"
+
+
 def render(rows: list[Row], missing: list[str]) -> str:
     out = [
         "| document | producer | PDF /Producer | pages | outcome | seconds "
@@ -352,7 +358,7 @@ def render(rows: list[Row], missing: list[str]) -> str:
         )
     failed = [r for r in rows if r.outcome in ("failed", "crashed", "timeout")]
     # Distinct producing programs: the PDF's own /Producer, else our label.
-    producers = {(r.pdf_producer or r.producer).split(" ")[0].lower() for r in rows}
+    producers = {_program(r.pdf_producer or r.producer) for r in rows}
     share = 100 * len(failed) / len(rows) if rows else 0.0
     out.append("")
     out.append(
