@@ -20,6 +20,7 @@ from typing import ClassVar
 __all__ = [
     "ConversionError",
     "ConverterFailed",
+    "FailureCause",
     "CorruptInput",
     "DependencyMissing",
     "EncryptedInput",
@@ -163,6 +164,17 @@ class ResourceLimitExceeded(ConversionError):
 class ConverterFailed(ConversionError):
     code = "converter_failed"
     exit_code = EX_SOFTWARE
+
+
+class FailureCause(enum.StrEnum):
+    """What exactly failed inside a converter: ``details.cause`` of a
+    ``converter_failed`` error (with ``details.exception``, the library's
+    exception type, and where known ``details.pages``). Stable like the codes."""
+
+    OPEN_FAILED = "open_failed"  # the library could not open the document
+    NO_PAGE_CONVERTED = "no_page_converted"  # every page failed, one by one too
+    WRITE_FAILED = "write_failed"  # the pages converted, writing the output failed
+    NO_OUTPUT = "no_output"  # the library returned without writing the output
 
 
 def _all_subclasses(cls: type[SirError]) -> list[type[SirError]]:

@@ -28,6 +28,7 @@ class WarningCode(enum.StrEnum):
     PDF_PAGES_SKIPPED = "pdf_pages_skipped"
     IMAGES_LIMITED = "images_limited"
     OPTION_IGNORED = "option_ignored"
+    PDF_CONVERTED_PAGE_BY_PAGE = "pdf_converted_page_by_page"
     # how pdf → md ran
     OCR_APPLIED = "ocr_applied"
     TABLE_MODEL_MISSING = "table_model_missing"
@@ -55,6 +56,10 @@ MEANINGS: dict[WarningCode, str] = {
     WarningCode.OPTION_IGNORED: (
         "an option the folder set does not apply to this route (pages on a docx, "
         "pdf_variant on a Markdown output…) and was ignored"
+    ),
+    WarningCode.PDF_CONVERTED_PAGE_BY_PAGE: (
+        "pdf2docx failed on the whole document, so each page was converted on its own "
+        "(no headers, footers or sections detected across pages)"
     ),
     WarningCode.OCR_APPLIED: "pdf → md ran full-page OCR (forced, or too little text layer)",
     WarningCode.TABLE_MODEL_MISSING: "the TableFormer model is missing: tables are plain text",

@@ -60,11 +60,16 @@ def _make_parents(path: Path, stop: Path | None) -> None:
         fsync_dir(folder.parent)
 
 
-def atomic_write(target: Path, data: bytes, *, tmp_dir: Path) -> None:
+def atomic_write(target: Path, data: bytes, *, tmp_dir: Path, sync_dir: bool = True) -> None:
     """Write ``data`` to ``target`` via an fsync'd temporary file and a rename.
 
     ``tmp_dir`` must be on the same filesystem as ``target``; it is never in a
     watched or published folder, so no reader can see a partial file.
+
+    ``sync_dir=False`` leaves out the fsync of ``target``'s folder: the file is
+    never torn (its data is fsync'd before the rename), but a power loss may
+    bring back the previous version. Only for updates whose loss is harmless
+    (the next durable write of the folder, or recovery, makes up for it).
     """
     faults.check_write(target)
     tmp = tmp_dir / f"{target.name[:100]}.{uuid.uuid4().hex}.tmp"
@@ -82,7 +87,8 @@ def atomic_write(target: Path, data: bytes, *, tmp_dir: Path) -> None:
     os.close(fd)
     _make_parents(target, None)
     os.replace(tmp, target)
-    fsync_dir(target.parent)
+    if sync_dir:
+        fsync_dir(target.parent)
 
 
 def durable_move(src: Path, dst: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
@@ -19,7 +20,12 @@ class IgnoreRules:
 
     def reason(self, relative: PurePosixPath) -> str | None:
         """``None`` to pick the file up, else a short reason (bounded set of values)."""
-        *folders, name = relative.parts
+        return self.reason_for_parts(relative.parts)
+
+    def reason_for_parts(self, parts: Sequence[str]) -> str | None:
+        """``reason`` of the inbox-relative path made of ``parts`` (the rescan
+        helper's form: no ``PurePosixPath`` per entry of a 100,000-file inbox)."""
+        *folders, name = parts
         for folder in folders:
             if folder in self.dirs:
                 return "ignored_folder"

@@ -19,17 +19,24 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
+
 from converters.base import Lane
 from daemon.ignore import IgnoreRules
-from daemon.layout import DataRoot, normalize_extension
+from daemon.layout import DataRoot
 from daemon.metrics import Metrics
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult
+from daemon.scanner import IgnoredEntries, InboxScan, ScannerProcess
 from daemon.settle import Arrival, SettleTracker, StatKey
-from daemon.watcher import scan_inbox
+from daemon.wire import ScanReply, ScanSetup, WireError
 
-__all__ = ["Intake"]
+__all__ = ["RESCAN_TIMEOUT_SECONDS", "Intake"]
+
+log = structlog.get_logger("sir_convert_a_lot.intake")
 
 _LANE_CACHE = 4096
+# The longest one walk of the inbox by the helper may take before it is replaced.
+RESCAN_TIMEOUT_SECONDS = 300.0
 
 
 class Intake:
@@ -52,7 +59,11 @@ class Intake:
         self._sources = sources
         self._lane_of = lane_of
         self._detected_at: dict[Path, datetime] = {}
-        self._ignored: set[Path] = set()
+        self._ignored = IgnoredEntries(self._count_ignored)
+        self._local_scan = InboxScan(self.scan_setup())
+        # The rescan helper process (daemon/scanner.py); started by the daemon only
+        # (``start_scanner``): ``check`` and ``convert`` scan in a thread.
+        self.scanner: ScannerProcess | None = None
         self._lanes: dict[tuple[str, str], Lane] = {}
         self.last_rescan: float | None = None
         self.rescan_requested = False
@@ -72,9 +83,7 @@ class Intake:
             return
         reason = self.ignore.reason(relative)
         if reason is not None:
-            if path not in self._ignored:
-                self._ignored.add(path)
-                self.metrics.files_ignored.labels(reason).inc()
+            self._ignored.add(path, reason)
             return
         if path not in self.tracker:
             self._detected_at.setdefault(path, datetime.now(UTC))
@@ -90,36 +99,61 @@ class Intake:
             arrival = Arrival.RENAMED
         self.tracker.observe(path, arrival, time.monotonic())
 
-    def _is_entry_dir(self, name: str) -> bool:
-        return normalize_extension(name) in self._sources
+    def _count_ignored(self, reason: str, count: int) -> None:
+        self.metrics.files_ignored.labels(reason).inc(count)
 
-    def walk_inbox(self, ignored: list[Path]) -> tuple[list[Path], set[Path]]:
-        """The blocking half of ``rescan``: walk the inbox, and find which of
-        ``ignored`` are gone (runs in a thread, touches no shared state)."""
-        found = list(scan_inbox(self.root.inbox, self.ignore.skip_folder, self._is_entry_dir))
-        return found, {p for p in ignored if not os.path.lexists(p)}
+    def scan_setup(self) -> ScanSetup:
+        """What the scan (helper process or thread) needs to know of the rules."""
+        return ScanSetup(
+            inbox=str(self.root.inbox),
+            ignore_patterns=list(self.ignore.patterns),
+            ignore_dirs=list(self.ignore.dirs),
+            asset_extensions=list(self.ignore.asset_extensions),
+            entry_dir_extensions=sorted(self._sources),
+        )
 
-    def apply_scan(self, found: list[Path], gone_ignored: set[Path]) -> None:
+    def start_scanner(self) -> None:
+        self.scanner = ScannerProcess(self.scan_setup())
+
+    async def stop_scanner(self) -> None:
+        if self.scanner is not None:
+            await self.scanner.stop()
+
+    def apply_scan(self, reply: ScanReply, *, fresh_helper: bool = False) -> None:
         """The event-loop half of ``rescan``: feed a scan's findings to the tracker.
+        Its cost follows what changed since the last scan, not the inbox's size.
         Public so the bench can time what holds up the supervisor's ticks."""
-        present = set(found)
+        self._ignored.apply(reply, fresh_helper=fresh_helper)
+        found = [Path(raw) for raw in reply.candidates]
         for path in found:
             if path not in self.tracker:
                 self.on_event(Arrival.SCANNED, path)
-        # Forget ignored files and detection times of files that are gone, so
-        # years of rsync temp names do not accumulate in memory.
-        self._ignored -= gone_ignored
+        # Forget detection times of files that are gone, so years of rsync temp
+        # names do not accumulate in memory.
+        present = set(found)
         for path in [p for p in self._detected_at if p not in present and p not in self.tracker]:
             del self._detected_at[path]
         self.last_rescan = time.monotonic()
 
     async def rescan(self) -> None:
-        found, gone = await asyncio.to_thread(self.walk_inbox, self.ignored_paths())
-        self.apply_scan(found, gone)
+        """Scan the inbox: by the helper process when the daemon runs, else (``check``,
+        ``convert``, a helper that failed) by the same code in a thread."""
+        reply: ScanReply | None = None
+        fresh = False
+        if self.scanner is not None:
+            try:
+                reply, fresh = await self.scanner.scan(RESCAN_TIMEOUT_SECONDS)
+            except (OSError, WireError) as exc:
+                log.warning("rescan_helper_failed", error=str(exc)[:200])
+                self.metrics.internal_errors.labels("rescan").inc()
+        if reply is None:
+            reply = await asyncio.to_thread(self._local_scan.scan)
+            fresh = self.scanner is not None  # it did not see the helper's scans
+        self.apply_scan(reply, fresh_helper=fresh)
+        await self._ignored.forget_gone()
 
-    def ignored_paths(self) -> list[Path]:
-        """The inbox paths ignored so far (a copy, for ``walk_inbox``)."""
-        return list(self._ignored)
+    def is_ignored(self, path: Path) -> bool:
+        return path in self._ignored
 
     def request_rescan(self) -> None:
         """Called when a folder was moved in whole: scan on the next tick."""
@@ -127,7 +161,7 @@ class Intake:
 
     def ignore_for_good(self, path: Path) -> None:
         """A path whose claim crashed: ignored until it is gone."""
-        self._ignored.add(path)
+        self._ignored.add(path, None)
 
     def detected_at(self, path: Path) -> datetime:
         """When ``path`` was first seen (forgotten here: it is being claimed)."""

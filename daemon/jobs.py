@@ -10,7 +10,6 @@ A job lives in ``.state/jobs/<job_id>/``:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -156,11 +155,15 @@ class Job:
         if self.record.phase == "claiming" and self.input_path.exists():
             self.record.phase = "claimed"  # the move happened; its record update did not
 
-    def save(self) -> None:
+    def save(self, *, sync_dir: bool = True) -> None:
+        """Write the record durably. ``sync_dir=False`` for updates a power loss may
+        undo harmlessly (see ``atomic_write``): the input facts (recomputed when
+        missing) and the attempt count (one attempt fewer is counted)."""
         atomic_write(
             self.folder / "job.json",
-            self.record.model_dump_json(indent=2).encode(),
+            self.record.model_dump_json().encode(),
             tmp_dir=self.folder,
+            sync_dir=sync_dir,
         )
 
     def release(self) -> None:
@@ -256,12 +259,11 @@ class JobStore:
             if isinstance(exc, FileNotFoundError | NotADirectoryError):
                 return None  # someone else took it
             raise
+        # Not written here: the next save (the input facts, right after) carries it.
+        # Until then the record on disk says "claiming" with the input moved in,
+        # which Job.reload() and recovery both treat as claimed.
         record.phase = "claimed"
         record.claimed_at = utcnow()
-        # If this write fails, the record on disk stays "claiming" with the input
-        # moved in: Job.reload() and recovery both treat that as claimed.
-        with contextlib.suppress(OSError):
-            job.save()
         return job
 
     def fill_input_facts(self, job: Job) -> None:
@@ -285,7 +287,7 @@ class JobStore:
                 # costs an fstat, not minutes of hashing zeros.
                 if st.st_size <= self.max_input_bytes:
                     job.record.input_sha256 = sha256_fd(fd)
-                job.save()
+                job.save(sync_dir=False)  # lost to a power cut: computed again
         finally:
             os.close(fd)
 

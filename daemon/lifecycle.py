@@ -327,7 +327,9 @@ class Lifecycle:
         """A worker took the job: count it, durably, for crash-loop detection."""
         job.record.attempts += 1
         job.taken_at = datetime.now(UTC)  # the sidecar's started_at: queueing ends here
-        job.save()
+        # Survives the daemon's own crash (the kernel has it); a power cut may undo
+        # it, which costs at most one more attempt.
+        job.save(sync_dir=False)
 
     # -- recovery --------------------------------------------------------------------
 

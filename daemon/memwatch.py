@@ -7,7 +7,8 @@ grows a converter to 9 GB within seconds, so the main process samples the group
 every ``SAMPLE_SECONDS`` during the job and kills it past the lane's ceiling.
 
 Finding the group's members means reading every ``/proc/<pid>/stat``; that is
-done once a second, and the known members are re-read in between.
+done once a second at most (a worker keeps one sampler across its jobs), and
+the known members are re-read in between.
 """
 
 from __future__ import annotations

@@ -55,6 +55,8 @@ log = structlog.get_logger("sir_convert_a_lot.service")
 
 TICK_SECONDS = 0.05
 REFRESH_SECONDS = 1.0
+# A helper that has not answered a rescan by then is replaced.
+RESCAN_TIMEOUT_SECONDS = 300.0
 
 
 class Service:
@@ -146,6 +148,7 @@ class Service:
             lane_of=self.lifecycle.lane_for,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._rescan_task: asyncio.Task[None] | None = None
         self.stuck: dict[str, str] = {}  # job id -> input, jobs that could not even fail
 
     @property
@@ -214,6 +217,13 @@ class Service:
                 log.exception("job_stuck", job_id=job.id)
                 self.stuck[job.id] = readable(job.record.relative_path)
 
+    async def _background_rescan(self) -> None:
+        try:
+            await self.intake.rescan()
+        except Exception:
+            log.exception("rescan_failed")
+            self.metrics.internal_errors.labels("rescan").inc()
+
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self.tracker))
         oldest = self.tracker.oldest()
@@ -237,10 +247,12 @@ class Service:
                     log.exception("readiness_refresh_failed")
             try:
                 await self._claim_ready()
-                if time.monotonic() >= next_rescan or self.intake.rescan_requested:
+                due = time.monotonic() >= next_rescan or self.intake.rescan_requested
+                if due and (self._rescan_task is None or self._rescan_task.done()):
+                    # In the background: claims go on while the helper walks.
                     self.intake.rescan_requested = False
                     next_rescan = time.monotonic() + self.settings.rescan_interval_seconds
-                    await self.intake.rescan()
+                    self._rescan_task = asyncio.create_task(self._background_rescan())
                 self._update_gauges()
             except Exception:
                 # The loop is the daemon's heartbeat: it must outlive any one bug.
@@ -382,6 +394,7 @@ class Service:
                 self._spawn(job)
         await self.start_lanes()
         self.watcher.start(loop, self.intake.on_event, self.intake.request_rescan)
+        self.intake.start_scanner()
         await self.intake.rescan()
         self.announce.started(len(recovered))
         if self.automation is not None:
@@ -417,6 +430,11 @@ class Service:
         seconds = self.settings.drain_seconds if drain_seconds is None else drain_seconds
         log.info("draining", in_flight=len(self.lifecycle.active), seconds=seconds)
         self.watcher.stop()
+        if self._rescan_task is not None:
+            self._rescan_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._rescan_task
+        await self.intake.stop_scanner()
         for pool in self.pools.values():
             pool.stop_accepting()
         deadline = time.monotonic() + seconds

@@ -124,10 +124,11 @@ class InboxWatcher:
 
 def scan_inbox(
     inbox: Path, skip_folder: Callable[[str], bool], is_entry_dir: Callable[[str], bool]
-) -> Iterator[Path]:
-    """Every entry that could be a job: files, symlinks, FIFOs, and folders that
-    look like documents (``x.pdf/``). Never follows symlinks."""
-    stack = [inbox]
+) -> Iterator[str]:
+    """The path of every entry that could be a job: files, symlinks, FIFOs, and
+    folders that look like documents (``x.pdf/``). Never follows symlinks.
+    Strings, not ``Path`` objects: making one per entry doubled a big rescan."""
+    stack = [str(inbox)]
     while stack:
         folder = stack.pop()
         try:
@@ -143,6 +144,6 @@ def scan_inbox(
                 continue
             if is_dir and not is_entry_dir(entry.name):
                 if not skip_folder(entry.name):
-                    stack.append(Path(entry.path))
+                    stack.append(entry.path)
             else:
-                yield Path(entry.path)
+                yield entry.path

@@ -4,7 +4,8 @@ One module defines every message both ends speak, as pydantic models: the
 ``Hello`` the main process sends first, the worker's ``Ready``, then a
 ``JobRequest`` and a ``JobReply`` per job; a converter's ``Problem`` (a typed
 ``{code, message, details}``) travels inside both. The one-shot ``convert``
-and, later, remote workers use the same models.
+and, later, remote workers use the same models. The rescan helper
+(daemon/scanner.py) speaks ``ScanSetup`` and ``ScanReply``.
 
 A worker's reply quotes whatever a library put into its error message, and a
 hostile document decides that: WeasyPrint quoted a 20 MB ``viewBox`` token,
@@ -37,6 +38,8 @@ __all__ = [
     "JobRequest",
     "Problem",
     "Ready",
+    "ScanReply",
+    "ScanSetup",
     "WireError",
     "cap",
     "decode",
@@ -175,6 +178,31 @@ class JobReply(_Message):
     @classmethod
     def failed(cls, exc: SirError) -> JobReply:
         return cls(ok=False, error=Problem.of(exc), retryable=exc.retryable)
+
+
+class ScanSetup(_Message):
+    """The first line to the rescan helper (daemon/scanner.py): what to walk and ignore."""
+
+    inbox: str
+    ignore_patterns: list[str]
+    ignore_dirs: list[str]
+    asset_extensions: list[str]
+    # Folders named like documents of these extensions are entries (``x.pdf/``).
+    entry_dir_extensions: list[str]
+
+
+class ScanReply(_Message):
+    """One rescan: entries that could be jobs, and the changes among ignored entries.
+
+    Not capped like a worker's reply (the helper is the daemon's own code and a
+    big inbox's first scan lists every ignored entry); paths are absolute.
+    """
+
+    candidates: list[str]
+    ignored: list[tuple[str, str]]  # (path, reason), new since the helper's last scan
+    vanished: list[str]  # ignored at the helper's last scan, gone now
+    entries: int
+    seconds: float
 
 
 def json_safe(value: Any) -> Any:

@@ -55,6 +55,7 @@ class WorkerProcess:
         self.jobs_done = 0
         self.last_rss_mb = 0.0
         self.peak_rss_mb = 0.0  # of the process group, during the last job
+        self._sampler: GroupSampler | None = None
         # Carries each job's drop folder descriptor (SCM_RIGHTS) to the worker.
         self.fd_channel: socket.socket | None = None
 
@@ -112,7 +113,14 @@ class WorkerProcess:
     async def _watch_memory(self, ceiling_mb: int) -> float:
         """Return the group's RSS (MB) once it passes ``ceiling_mb``; sample until then."""
         assert self.proc is not None
-        sampler = GroupSampler(self.proc.pid)
+        if self._sampler is None or self._sampler.pgid != self.proc.pid:
+            # One per worker process, kept across its jobs: finding the group's
+            # members reads every /proc/<pid>/stat, once a second at most, not
+            # at the start of every job (it was most of the main process's CPU
+            # on small jobs: ops/bench, docs/performance.md).
+            self._sampler = GroupSampler(self.proc.pid)
+        sampler = self._sampler
+        sampler.peak_mb = 0.0
         try:
             while True:
                 rss = sampler.sample()

@@ -398,7 +398,8 @@ class LanePool:
         if item.on_start is not None and not item.started:
             item.started = True  # once: a job moved off the express slot is one attempt
             try:
-                item.on_start()
+                # In a thread: it writes the job record, which must not stall the loop.
+                await asyncio.to_thread(item.on_start)
             except Exception as exc:  # e.g. a full disk: the job's owner decides
                 if not item.future.done():
                     item.future.set_exception(exc)

@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=N",
         help="override one size of the mode, e.g. --set scale_files=5000 (see the JSON's plan)",
     )
+    parser.add_argument(
+        "--no-alternatives",
+        action="store_true",
+        help="throughput: skip the per-file CLIs (daemon against the in-process loop only)",
+    )
     parser.add_argument("--workdir", type=Path, help="work here instead of a new temporary folder")
     parser.add_argument("--keep", action="store_true", help="keep the work folder afterwards")
     parser.add_argument(
@@ -162,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     plan = MODES[args.mode]
     for item in args.set:
         key, _, value = item.partition("=")
-        if key not in vars(plan) or key in ("name", "sections") or not value.isdigit():
+        fixed = ("name", "sections", "alternatives")
+        if key not in vars(plan) or key in fixed or not value.isdigit():
             print(f"ops/bench: --set {item}: not a size of the plan", file=sys.stderr)
             return 2
         changes: dict[str, Any] = {key: int(value)}
         plan = dataclasses.replace(plan, **changes)
+    plan = dataclasses.replace(plan, alternatives=not args.no_alternatives)
     wanted = tuple(s for s in args.only.split(",") if s) or plan.sections
     unknown = sorted(set(wanted) - set(SECTIONS))
     if unknown:

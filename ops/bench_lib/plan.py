@@ -32,6 +32,7 @@ class Plan:
     memory_recycle: int
     reuse_files: int  # PDFs per batch in the reuse section (different, then copies)
     sections: tuple[str, ...] = ("latency", "throughput", "scale", "scan", "memory", "reuse")
+    alternatives: bool = True  # also time the per-file CLIs
 
 
 MODES: dict[str, Plan] = {

@@ -9,9 +9,10 @@ ignore rules on each, which is the real cost of a big inbox of idle files.
 Measured three ways:
 
 * ``scan_inbox`` alone (the directory walk) on the tree, warm page cache;
-* ``Service.rescan`` (walk in a thread + ignore rules and bookkeeping in the
-  event loop) in this process, on the same tree: the first call (which records
-  every ignored path), later ones, and the event-loop part alone;
+* ``Service.rescan`` (walk and ignore rules in the helper process, the changes
+  applied in the event loop) from this process, on the same tree: the first
+  call (which records every ignored path), later ones, and the event-loop part
+  alone;
 * the real daemon started with the tree in its inbox: time until its listener
   answers (the start-up scan runs before it opens) against an empty inbox,
   main-process CPU while it rescans every few seconds, and pick-up latency of
@@ -69,10 +70,12 @@ def time_scan_inbox(inbox: Path, reps: int) -> tuple[list[float], int]:
 
 
 def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
-    """The daemon's own ``Service.rescan`` on ``root/inbox``: the first call (which
-    records every ignored path), later calls, and of those the part that runs in the
-    event loop (``apply_scan``: it holds up the supervisor's ticks while it runs)."""
+    """The daemon's own ``Service.rescan`` on ``root/inbox``, with its helper process
+    as the daemon runs it: the first call (the helper reports every ignored path),
+    later calls, and of those the part that runs in the event loop (``apply_scan``:
+    it holds up the supervisor's ticks while it runs)."""
     from daemon.config import ProfileSettings, Settings
+    from daemon.intake import RESCAN_TIMEOUT_SECONDS
     from daemon.service import Service
 
     profile = ProfileSettings(name="eval", data_root=root, service_revision="bench")
@@ -80,19 +83,24 @@ def time_service_rescan(root: Path, reps: int) -> dict[str, Any]:
 
     async def run() -> dict[str, Any]:
         service = Service(settings, profile)
-        started = time.monotonic()
-        await service.intake.rescan()
-        first = time.monotonic() - started
-        later: list[float] = []
-        in_loop: list[float] = []
-        for _ in range(reps):
+        service.intake.start_scanner()
+        try:
             started = time.monotonic()
             await service.intake.rescan()
-            later.append(time.monotonic() - started)
-            found, gone = service.intake.walk_inbox(service.intake.ignored_paths())
-            started = time.monotonic()
-            service.intake.apply_scan(found, gone)
-            in_loop.append(time.monotonic() - started)
+            first = time.monotonic() - started
+            later: list[float] = []
+            in_loop: list[float] = []
+            for _ in range(reps):
+                started = time.monotonic()
+                await service.intake.rescan()
+                later.append(time.monotonic() - started)
+                assert service.intake.scanner is not None
+                reply, _ = await service.intake.scanner.scan(RESCAN_TIMEOUT_SECONDS)
+                started = time.monotonic()
+                service.intake.apply_scan(reply)
+                in_loop.append(time.monotonic() - started)
+        finally:
+            await service.intake.stop_scanner()
         return {"first": first, "later": median(later), "in_loop": median(in_loop)}
 
     return asyncio.run(run())

@@ -232,7 +232,7 @@ def measure_throughput(
         entry["overhead_ratio"] = round(daemon_median / loop_median, 3) if loop_median else None
         ours_fps = entry["daemon"]["files_per_second"]
         loop_fps = entry["in_process"]["files_per_second"]
-        for alternative in c.alternatives:
+        for alternative in c.alternatives if plan.alternatives else ():
             reps = _reps(plan, c, alternative)
             n = _cli_count(bench, c, alternative, count)
             if alternative in beside:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,7 @@ from converters.base import (
     WorkerContext,
 )
 from converters.dropfolder import DropFolder
-from converters.errors import CorruptInput, EncryptedInput, TooManyPages
+from converters.errors import ConverterFailed, CorruptInput, EncryptedInput, TooManyPages
 from converters.pdf_docx import PdfToDocx
 from tests.fixtures.web_docs import PDF_LINES, make_text_pdf
 
@@ -108,3 +109,54 @@ def test_a_pdf_of_blank_pages_gives_an_empty_docx_that_says_so(tmp_path: Path) -
     result = _convert(tmp_path / "blank.pdf", out)
     assert out.is_file()
     assert result.warnings == ["empty_output"]
+
+
+def _pdf_with_a_bad_page(dest: Path, pages: int, bad: set[int]) -> Path:
+    """Text on every page; on the ``bad`` ones (1-based) also an image in a colour
+    space PyMuPDF cannot read, which fails pdf2docx's whole-document analysis."""
+    import pymupdf
+
+    mupdf: Any = pymupdf
+    document: Any = mupdf.open()
+    for number in range(1, pages + 1):
+        page = document.new_page()
+        page.insert_text((72, 72), f"Text of page {number}.", fontsize=12)
+        if number in bad:
+            image = document.get_new_xref()
+            document.update_object(
+                image,
+                "<< /Type /XObject /Subtype /Image /Width 4 /Height 4"
+                " /ColorSpace /DeviceN /BitsPerComponent 8 >>",
+            )
+            document.update_stream(image, b"\x00" * 48)
+            document.xref_set_key(page.xref, "Resources", f"<< /XObject << /Im0 {image} 0 R >> >>")
+            document.update_stream(page.get_contents()[0], b"q 100 0 0 100 72 300 cm /Im0 Do Q")
+    document.save(str(dest))
+    document.close()
+    return dest
+
+
+def test_a_page_that_fails_the_whole_document_is_skipped_and_the_rest_converted(
+    tmp_path: Path,
+) -> None:
+    source = _pdf_with_a_bad_page(tmp_path / "three.pdf", 3, {2})
+    out = tmp_path / "out.docx"
+    result = _convert(source, out)
+    text = _docx_text(out)
+    assert "Text of page 1." in text
+    assert "Text of page 3." in text
+    assert "Text of page 2." not in text  # its page failed on its own too
+    assert result.pages == 3
+    assert result.warnings == ["pdf_converted_page_by_page", "pdf_pages_skipped"]
+
+
+def test_a_pdf_whose_every_page_fails_says_precisely_why(tmp_path: Path) -> None:
+    source = _pdf_with_a_bad_page(tmp_path / "bad.pdf", 1, {1})
+    out = tmp_path / "out.docx"
+    with pytest.raises(ConverterFailed) as caught:
+        _convert(source, out)
+    assert caught.value.code == "converter_failed"
+    assert caught.value.details["cause"] == "no_page_converted"
+    assert caught.value.details["pages"] == [1]
+    assert caught.value.details["exception"]  # the library's own exception type
+    assert "colorspace" in caught.value.message
