@@ -116,7 +116,7 @@ class ResidentPandoc:
         return proc
 
     def _running(self) -> subprocess.Popen[bytes]:
-        if self._proc is not None and self._proc.poll() is not None:
+        if self._proc is not None and _dead(self._proc):
             self._discard()  # died while idle: not this job's fault
         if self._proc is None:
             self._proc = self._start()
@@ -297,3 +297,16 @@ def shared_pandoc() -> ResidentPandoc:
     """This process's resident pandoc, shared by the pandoc routes (a worker runs
     one job at a time)."""
     return ResidentPandoc()
+
+
+def _dead(proc: subprocess.Popen[bytes]) -> bool:
+    """Exited, or on its way out: a killed process shows as a zombie in /proc a moment
+    before ``waitpid`` can reap it (while its other threads are torn down)."""
+    if proc.poll() is not None:
+        return True
+    try:
+        with open(f"/proc/{proc.pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in (b"Z", b"X")

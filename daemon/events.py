@@ -190,7 +190,10 @@ class Journal:
         self.retention_days = retention_days
         self.on_write = on_write
         self._lock = threading.Lock()
-        self._fd: int | None = None
+        # The segment appended to. It is opened for each event and closed again,
+        # so no file on the data root stays open for writing (a read-only remount
+        # after an error, or an operator's, is not refused as busy).
+        self._segment: Path | None = None
         self._segment_day: str | None = None
         self._segment_size = 0
         # event id -> its "at", oldest first; _complete while it holds every event
@@ -215,7 +218,7 @@ class Journal:
         self.last_seq = last.seq if last is not None else first - 1
         self._load_recent_ids(segments)
         if last is not None and newest.stat().st_size < self.max_segment_bytes:
-            self._fd = os.open(newest, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._segment = newest
             self._segment_day = _day(last.at)
             self._segment_size = newest.stat().st_size
 
@@ -349,7 +352,11 @@ class Journal:
             }
         )
         line = event.model_dump_json(exclude_defaults=False).encode() + b"\n"
-        fd = self._segment_for(now, len(line), event.seq)
+        fd = os.open(
+            self._segment_for(now, len(line), event.seq),
+            os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC,
+            0o640,
+        )
         try:
             view = memoryview(line)
             while view:
@@ -361,6 +368,8 @@ class Journal:
             # and this seq is not used twice.
             os.ftruncate(fd, self._segment_size)
             raise
+        finally:
+            os.close(fd)
         self._segment_size += len(line)
         self.last_seq = event.seq
         self._remember(event)
@@ -368,21 +377,21 @@ class Journal:
             self.on_write(event)
         return event
 
-    def _segment_for(self, now: datetime, size: int, seq: int) -> int:
+    def _segment_for(self, now: datetime, size: int, seq: int) -> Path:
         day = _day(now)
-        if self._fd is not None and (
+        if self._segment is not None and (
             self._segment_day != day or self._segment_size + size > self.max_segment_bytes
         ):
-            os.close(self._fd)
-            self._fd = None
-        if self._fd is None:
+            self._segment = None
+        if self._segment is None:
             path = self.folder / f"{seq:016d}.jsonl"
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o640))
             fsync_dir(self.folder)
+            self._segment = path
             self._segment_day = day
-            self._segment_size = os.fstat(self._fd).st_size
+            self._segment_size = path.stat().st_size
             self._expire(now)
-        return self._fd
+        return self._segment
 
     def _expire(self, now: datetime) -> None:
         """Delete segments past ``retention_days`` (never the newest)."""
@@ -403,9 +412,7 @@ class Journal:
 
     def close(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+            self._segment = None
 
 
 def _day(at: datetime) -> str:

@@ -262,6 +262,9 @@ class EnginePool:
     def dead_slots(self) -> list[int]:
         return []
 
+    def worker_stats(self) -> list[dict[str, object]]:
+        return []  # the worker nodes' own /status lists their workers
+
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
         """A job of this lane waiting for an identical one (daemon/reuse.py) counts."""

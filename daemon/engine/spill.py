@@ -51,6 +51,9 @@ class SpillPool:
     def dead_slots(self) -> list[int]:
         return self.local.dead_slots()
 
+    def worker_stats(self) -> list[dict[str, object]]:
+        return self.local.worker_stats()
+
     def holding(self) -> AbstractContextManager[None]:
         return self.local.holding()
 

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,7 +127,9 @@ def test_convert_several_files_to_docx(
     out = sources / "OUT"
     check_result(out, sources / "a.md", "a.docx", "md->docx")
     car = check_result(out, sources / "b.html", "b.docx", "html->docx")
-    assert car["warnings"] == ["local_resource_blocked"]  # its image is not embedded
+    assert car["warnings"] == []  # its picture beside it is embedded
+    with zipfile.ZipFile(out / "b.docx") as package:
+        assert any(name.startswith("word/media/") for name in package.namelist())
     car = check_result(out, sources / "c.pdf", "c.docx", "pdf->docx")
     assert car["input"]["pages"] == 1
     assert web_docs.MD_HEADING in docx_text(out / "a.docx")
