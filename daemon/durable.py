@@ -25,6 +25,7 @@ __all__ = [
     "lexists",
     "tagged_name",
     "unique_name",
+    "write_synced",
 ]
 
 NAME_MAX = 255  # bytes in one path component on Linux filesystems
@@ -60,6 +61,15 @@ def _make_parents(path: Path, stop: Path | None) -> None:
         fsync_dir(folder.parent)
 
 
+def write_synced(fd: int, data: bytes) -> None:
+    """All of ``data`` to ``fd`` (short writes continued), then fsync."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
 def atomic_write(target: Path, data: bytes, *, tmp_dir: Path, sync_dir: bool = True) -> None:
     """Write ``data`` to ``target`` via an fsync'd temporary file and a rename.
 
@@ -75,11 +85,7 @@ def atomic_write(target: Path, data: bytes, *, tmp_dir: Path, sync_dir: bool = T
     tmp = tmp_dir / f"{target.name[:100]}.{uuid.uuid4().hex}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        write_synced(fd, data)
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ from pathlib import Path
 import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from daemon.durable import fsync_dir
+from daemon.durable import fsync_dir, write_synced
 
 __all__ = [
     "EVENTS_SCHEMA_VERSION",
@@ -358,11 +358,7 @@ class Journal:
             0o640,
         )
         try:
-            view = memoryview(line)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            write_synced(fd, line)
         except OSError:
             # A full disk: take back half a line, so the next write starts clean
             # and this seq is not used twice.

@@ -46,7 +46,6 @@ from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker
 from daemon.status import status_report
 from daemon.watcher import InboxWatcher
-from daemon.wire import Hello
 from daemon.workers import LanePool
 
 __all__ = ["Service"]
@@ -81,18 +80,7 @@ class Service:
             {"version": self.info.version, "revision": self.info.revision, "profile": profile.name}
         )
         self.pools = {
-            lane: LanePool(
-                profile.gpu if lane is Lane.GPU else profile.cpu,
-                Hello(
-                    lane=lane,
-                    gpu_policy=profile.gpu_policy,
-                    models_dir=str(profile.models_dir) if profile.models_dir else None,
-                    limits=profile.limits,
-                ),
-                self.metrics,
-                profile.queue_size,
-            )
-            for lane in (Lane.GPU, Lane.CPU)
+            lane: LanePool.for_profile(profile, lane, self.metrics) for lane in (Lane.GPU, Lane.CPU)
         }
         # The shared job engine, only when configured: nothing of it is imported otherwise.
         self.engine: Any = None

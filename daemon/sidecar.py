@@ -122,36 +122,31 @@ class InputInfo(_Strict):
     pages: int | None = None
 
 
-class ArtifactInfo(_Strict):
+class _FileInfo(_Strict):
+    path: str = Field(
+        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
+        "shown as U+FFFD"
+    )
+    path_b64: str | None = Field(
+        default=None,
+        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
+    )
+    sha256: str
+    size_bytes: int
+
+
+class ArtifactInfo(_FileInfo):
     """One published file (a folder such as ``<stem>.images/`` lists each file in it)."""
 
     kind: ArtifactKind = Field(
         description="main (the converted document), images (a picture crop), json (the "
         "DoclingDocument), chunks (one chunk a line)"
     )
-    path: str = Field(
-        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
-        "shown as U+FFFD"
-    )
-    path_b64: str | None = Field(
-        default=None,
-        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
-    )
-    sha256: str
-    size_bytes: int
 
 
-class OutputInfo(_Strict):
-    path: str = Field(
-        description="path relative to the outbox, '/'-separated; bytes that are not UTF-8 "
-        "shown as U+FFFD"
-    )
-    path_b64: str | None = Field(
-        default=None,
-        description="the exact bytes of path in base64, present only when it is not valid UTF-8",
-    )
-    sha256: str
-    size_bytes: int
+class OutputInfo(_FileInfo):
+    """The main output (``path`` …) and every file published with it (``artifacts``)."""
+
     artifacts: list[ArtifactInfo] = Field(
         default_factory=list,
         description="every published file of the job, the main output first; all are in "

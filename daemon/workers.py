@@ -27,7 +27,7 @@ import structlog
 
 from converters.base import Lane
 from converters.errors import SirError, Timeout
-from daemon.config import LaneSettings
+from daemon.config import LaneSettings, ProfileSettings
 from daemon.errors import ResourceLimitExceeded, WorkerCrashed
 from daemon.metrics import Metrics
 from daemon.wire import Hello, JobReply, JobRequest, Ready
@@ -144,6 +144,21 @@ class LanePool:
         self._workers: dict[int, WorkerProcess] = {}
         self._current: dict[int, _Item] = {}
         self._accepting = True
+
+    @classmethod
+    def for_profile(cls, profile: ProfileSettings, lane: Lane, metrics: Metrics) -> LanePool:
+        """The lane's pool as a profile configures it (the daemon's and a worker node's)."""
+        return cls(
+            profile.gpu if lane is Lane.GPU else profile.cpu,
+            Hello(
+                lane=lane,
+                gpu_policy=profile.gpu_policy,
+                models_dir=str(profile.models_dir) if profile.models_dir else None,
+                limits=profile.limits,
+            ),
+            metrics,
+            profile.queue_size,
+        )
 
     # -- public ------------------------------------------------------------------
 

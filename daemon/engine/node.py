@@ -38,7 +38,7 @@ from daemon.engine.schema import check_schema
 from daemon.engine.snapshot import write_snapshot
 from daemon.errors import WorkerCrashed
 from daemon.metrics import Metrics
-from daemon.wire import Hello, JobReply
+from daemon.wire import JobReply
 from daemon.workers import LanePool
 
 __all__ = ["WorkerNode", "serve_worker"]
@@ -54,20 +54,7 @@ class WorkerNode:
         self.lanes = lanes
         self.host = profile.node_name or socket.gethostname()
         self.metrics = Metrics(profile.name)
-        self.pools = {
-            lane: LanePool(
-                profile.gpu if lane is Lane.GPU else profile.cpu,
-                Hello(
-                    lane=lane,
-                    gpu_policy=profile.gpu_policy,
-                    models_dir=str(profile.models_dir) if profile.models_dir else None,
-                    limits=profile.limits,
-                ),
-                self.metrics,
-                profile.queue_size,
-            )
-            for lane in lanes
-        }
+        self.pools = {lane: LanePool.for_profile(profile, lane, self.metrics) for lane in lanes}
         self.db = make_pool(profile, max_size=2 + 2 * len(lanes))
         self.app: procrastinate.App = make_app(profile)
         self.app.task(
