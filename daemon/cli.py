@@ -265,17 +265,16 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _engine(profile: ProfileSettings, action: str) -> int:
-    from daemon.engine.connect import make_app, make_pool
+    from daemon.engine.connect import make_pool
     from daemon.engine.schema import check_schema, init_schema
     from daemon.errors import EngineUnavailable
 
-    pool, app = make_pool(profile, max_size=1), make_app(profile)
+    pool = make_pool(profile, max_size=1)
     try:
         await pool.open(wait=True, timeout=10)
-        await app.open_async()
         async with pool.connection() as conn:
             if action == "init":
-                for line in await init_schema(conn, app) or ["schema is up to date"]:
+                for line in await init_schema(conn) or ["schema is up to date"]:
                     print(line)
                 return 0
             problem = await check_schema(conn)
@@ -286,7 +285,6 @@ async def _engine(profile: ProfileSettings, action: str) -> int:
             raise EngineUnavailable(f"cannot reach the engine: {exc}"[:500]) from None
         raise
     finally:
-        await app.close_async()
         await pool.close()
     if problem is not None:
         raise EngineUnavailable(problem)

@@ -18,7 +18,14 @@ from converters.base import Lane
 from daemon.config import ProfileSettings
 from daemon.errors import ConfigError
 
-__all__ = ["TASK_NAME", "connection_kwargs", "make_app", "make_pool", "queue_name"]
+__all__ = [
+    "TASK_NAME",
+    "connection_kwargs",
+    "describe",
+    "make_app",
+    "make_pool",
+    "queue_name",
+]
 
 TASK_NAME = "sir_convert_a_lot.convert"
 # Seconds a statement waits for a pooled connection before the caller sees the outage.
@@ -74,3 +81,13 @@ def make_app(profile: ProfileSettings) -> procrastinate.App:
         timeout=POOL_TIMEOUT,
     )  # procrastinate checks its pooled connections itself
     return procrastinate.App(connector=connector)
+
+
+def describe(exc: BaseException, limit: int = 500) -> str:
+    """An engine error in one line: procrastinate's "Database error." says nothing
+    without the database's own message, which it keeps as the cause."""
+    text = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+    cause = exc.__cause__
+    if cause is not None:
+        text += f" ({type(cause).__name__}: {' '.join(str(cause).split())})"
+    return text[:limit]

@@ -42,8 +42,8 @@ from psycopg_pool import PoolTimeout
 
 from converters.base import Lane
 from daemon.config import ProfileSettings
-from daemon.engine import store
-from daemon.engine.connect import TASK_NAME, make_app, make_pool, queue_name
+from daemon.engine import queue, store
+from daemon.engine.connect import describe, make_app, make_pool
 from daemon.engine.snapshot import RESOURCE_SOURCES, read_snapshot
 from daemon.errors import InputTooLargeForEngine
 from daemon.metrics import Metrics
@@ -115,9 +115,9 @@ class EngineClient:
 
     def _down(self, exc: BaseException) -> None:
         if self.available or self.last_error is None:
-            log.warning("engine_unavailable", error=str(exc)[:300])
+            log.warning("engine_unavailable", error=describe(exc, 300))
         self.available = False
-        self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+        self.last_error = describe(exc)
 
     async def retrying(self, what: Callable[[], Awaitable[T]]) -> T:
         """Run a statement until the engine answers (the job stays claimed meanwhile)."""
@@ -135,15 +135,8 @@ class EngineClient:
 
     async def defer(self, key: str, lane: Lane) -> None:
         """Hand the key to the lane's queue (a second defer while one waits is a no-op)."""
-        try:
-            deferrer = self.app.configure_task(
-                name=TASK_NAME, queue=queue_name(lane), queueing_lock=key
-            )
-            job_id = await deferrer.defer_async(key=key)
-        except pexc.AlreadyEnqueued:
-            return
-        await store.set_procrastinate_id(self.pool, key, job_id)
-        self.metrics.engine_enqueued.labels(lane.value).inc()
+        if await queue.defer(self.pool, self.app, key, lane):
+            self.metrics.engine_enqueued.labels(lane.value).inc()
 
     def settled(self, job_id: str) -> None:
         """The job's outcome is published: mark it done in the engine (soon, batched)."""

@@ -6,9 +6,10 @@ request, the input bytes and the drop-folder snapshot; the job runs in the same
 warm lane workers as the embedded daemon (``LanePool``), in a private
 temporary folder; ``store.accept`` hands the result in once. Stalled jobs
 (their worker's heartbeat is older than ``engine_stall_seconds``: a killed,
-paused or cut-off host) are retried by any live node's sweeper; the stalled
-host's late result is refused and discarded. A listener serves /healthz,
-/readyz, /metrics and /status like the daemon's.
+paused or cut-off host) are moved to a new job by any live node's sweeper
+(``queue.requeue_stalled``); the stalled host's late result is refused and
+discarded. A listener serves /healthz, /readyz, /metrics and /status like the
+daemon's.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from converters.errors import SirError
 from daemon import faults
 from daemon.config import ProfileSettings
 from daemon.engine import store
-from daemon.engine.connect import TASK_NAME, make_app, make_pool, queue_name
+from daemon.engine.connect import TASK_NAME, describe, make_app, make_pool, queue_name
+from daemon.engine.queue import requeue_stalled
 from daemon.engine.schema import check_schema
 from daemon.engine.snapshot import write_snapshot
 from daemon.errors import WorkerCrashed
@@ -171,11 +173,11 @@ class WorkerNode:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                log.warning("queue_worker_restarted", lane=lane.value, error=str(exc)[:300])
+                log.warning("queue_worker_restarted", lane=lane.value, error=describe(exc, 300))
             await asyncio.sleep(_RESTART_SECONDS)
 
     async def _sweep(self) -> None:
-        """Retry the jobs of stalled workers (any host), and watch the engine."""
+        """Move the jobs of stalled workers (any host) to new jobs, and watch the engine."""
         stall = self.profile.engine_stall_seconds
         while True:
             try:
@@ -184,8 +186,10 @@ class WorkerNode:
                     for job in await self.app.job_manager.get_stalled_jobs(
                         queue=queue_name(lane), task_name=TASK_NAME, seconds_since_heartbeat=stall
                     ):
-                        log.warning("engine_stalled_job_retried", job=job.id, lane=lane.value)
-                        await self.app.job_manager.retry_job(job)
+                        what = await requeue_stalled(self.db, self.app, job)
+                        log.warning(
+                            "engine_stalled_job_moved", job=job.id, lane=lane.value, outcome=what
+                        )
                 depth = await store.depth(self.db)
                 for name, n in depth.items():
                     self.metrics.engine_queue_depth.labels(name).set(n)
@@ -194,12 +198,13 @@ class WorkerNode:
                 raise
             except Exception as exc:
                 if self.engine_ok:
-                    log.warning("engine_unavailable", error=str(exc)[:300])
-                self.engine_ok, self.engine_error = False, f"{type(exc).__name__}: {exc}"[:500]
+                    log.warning("engine_unavailable", error=describe(exc, 300))
+                self.engine_ok, self.engine_error = False, describe(exc)
             await asyncio.sleep(max(0.5, stall / 3))
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(_late_finish_handler)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         if not faults.engine_hold_seconds():  # the bench's stand-in needs no lane worker
@@ -215,7 +220,7 @@ class WorkerNode:
                     break
                 self.engine_error = problem
             except Exception as exc:
-                self.engine_error = f"{type(exc).__name__}: {exc}"[:500]
+                self.engine_error = describe(exc)
             log.warning("engine_not_ready", error=self.engine_error)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), _RESTART_SECONDS)
@@ -295,6 +300,23 @@ async def serve_worker(profile: ProfileSettings, lanes: list[Lane]) -> None:
         await node.run()
     finally:
         await runner.cleanup()
+
+
+def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """A host that was paused past the stall time-out finishes a job that was moved
+    to a new one meanwhile: procrastinate's "finished" finds the old job no longer
+    running and its task ends with that error. Expected, and said in one line."""
+    future = context.get("future")
+    exc = context.get("exception")
+    name = future.get_name() if isinstance(future, asyncio.Task) else ""
+    if name.startswith("process job") and 'not in "doing"' in str(exc and exc.__cause__):
+        log.info(
+            "engine_late_finish_ignored",
+            task=name,
+            reason="the job was moved while this host stalled",
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 def _output_files(out: Path) -> dict[str, bytes]:

@@ -8,22 +8,33 @@ Ours, all named ``sca_*``:
 * ``sca_blobs``: input, drop-folder snapshot and result files, in chunks.
 * ``sca_results``: at most one per job (its primary key): the accepted result.
 * ``sca_schema``: our schema version; ``engine check`` refuses another one.
+* ``sca_procrastinate``: the procrastinate release whose schema the database holds.
 
-Upgrades: ``init`` creates what is missing and records the version; a later
-version adds ``ALTER`` steps to ``_STEPS`` (each applied once, in order).
-procrastinate's own upgrades are its migration files (docs/runbook.md).
+Upgrades, all by ``init``, under one advisory lock (two hosts running it at
+once take turns): our steps in ``_STEPS`` past the recorded version, each once,
+in order, in one transaction; then procrastinate's own migration files (shipped
+in its package, named ``MM.mm.pp_NN_*.sql``) past the recorded procrastinate
+release up to the installed one, in order, one transaction each, each recorded
+(an upgrade cut short resumes after the last file applied). ``check`` refuses a
+database behind or ahead of this program, for either schema.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
+from pathlib import Path
 from typing import Any
 
-import procrastinate
+from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
-__all__ = ["SCHEMA_VERSION", "check_schema", "init_schema"]
+from daemon.errors import EngineUnavailable
 
-SCHEMA_VERSION = 1
+__all__ = ["SCHEMA_VERSION", "check_schema", "init_schema", "procrastinate_release"]
+
+SCHEMA_VERSION = 2
+_INIT_LOCK = 0x5CA_1417  # pg_advisory_lock key of `engine init`
 
 _STEPS: dict[int, str] = {
     1: """
@@ -60,6 +71,14 @@ CREATE TABLE IF NOT EXISTS sca_results (
     accepted_at timestamptz NOT NULL DEFAULT now()
 );
 """,
+    # The procrastinate version whose schema the database holds (``init`` upgrades it).
+    2: """
+CREATE TABLE IF NOT EXISTS sca_procrastinate (
+    version text NOT NULL,
+    migration text,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+""",
 }
 
 
@@ -79,22 +98,110 @@ async def _has_procrastinate(conn: AsyncConnection[Any]) -> bool:
     return bool(row and row[0])
 
 
-async def init_schema(conn: AsyncConnection[Any], app: procrastinate.App) -> list[str]:
-    """Create or upgrade both schemas (idempotent). Returns what was done."""
+def procrastinate_release() -> str:
+    """The installed procrastinate's version (its schema is what this program expects)."""
+    return importlib.metadata.version("procrastinate")
+
+
+def _key(version: str) -> tuple[int, ...]:
+    """``3.10.0`` and a migration's ``03.10.00`` compare as (3, 10, 0)."""
+    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+
+
+def _migrations(after: str, upto: str) -> list[Path]:
+    """procrastinate's migration files past release ``after`` up to ``upto``, in order."""
+    folder = Path(SchemaManager.get_migrations_path())
+    found = []
+    for path in sorted(folder.glob("*.sql")):
+        version = path.name.split("_", 1)[0]
+        if _key(after) < _key(version) <= _key(upto):
+            found.append(path)
+    return found
+
+
+async def _recorded(conn: AsyncConnection[Any]) -> tuple[str | None, set[str]]:
+    """The release procrastinate's schema was last brought to, and the migration
+    files applied since (an upgrade cut short resumes after the last one)."""
+    cur = await conn.execute("SELECT to_regclass('sca_procrastinate') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0]:
+        return None, set()
+    cur = await conn.execute(
+        "SELECT version FROM sca_procrastinate WHERE migration IS NULL"
+        " ORDER BY applied_at DESC, ctid DESC LIMIT 1"
+    )
+    row = await cur.fetchone()
+    release = str(row[0]) if row else None
+    cur = await conn.execute("SELECT migration FROM sca_procrastinate WHERE migration IS NOT NULL")
+    return release, {str(r[0]) for r in await cur.fetchall()}
+
+
+async def init_schema(conn: AsyncConnection[Any]) -> list[str]:
+    """Create or upgrade both schemas (idempotent). Returns what was done; a
+    database ahead of this program raises ``EngineUnavailable``."""
+    autocommit = conn.autocommit
+    await conn.set_autocommit(True)  # each block below is its own transaction
+    # One init at a time: two hosts running `engine init` at once take turns.
+    await conn.execute("SELECT pg_advisory_lock(%s)", (_INIT_LOCK,))
+    try:
+        return await _init(conn, procrastinate_release())
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(%s)", (_INIT_LOCK,))
+        await conn.set_autocommit(autocommit)
+
+
+async def _init(conn: AsyncConnection[Any], installed: str) -> list[str]:
     done: list[str] = []
-    if not await _has_procrastinate(conn):
-        await app.schema_manager.apply_schema_async()
-        done.append("procrastinate schema applied")
     async with conn.transaction():
         await conn.execute("CREATE TABLE IF NOT EXISTS sca_schema (version integer NOT NULL)")
-        # One init at a time: two hosts running `engine init` at once wait here.
-        await conn.execute("LOCK TABLE sca_schema IN EXCLUSIVE MODE")
         current = await _version(conn) or 0
+        if current > SCHEMA_VERSION:
+            raise EngineUnavailable(_ahead(current))
+        fresh = not await _has_procrastinate(conn)
+        if fresh:
+            await conn.execute(SchemaManager.get_schema())
+            done.append(f"procrastinate schema {installed} applied")
         for version in sorted(v for v in _STEPS if v > current):
             await conn.execute(_STEPS[version])
             await conn.execute("INSERT INTO sca_schema (version) VALUES (%s)", (version,))
             done.append(f"sir-convert-a-lot schema version {version} applied")
+        recorded, applied = (None, set()) if fresh else await _recorded(conn)
+        if recorded is not None and _key(recorded) > _key(installed):
+            raise EngineUnavailable(_release_ahead(recorded, installed))
+        if recorded is None:
+            if not fresh:  # made before releases were recorded: taken as the installed one
+                done.append(f"procrastinate schema recorded as {installed}")
+            await _record(conn, installed)
+            return done
+    if _key(recorded) < _key(installed):
+        # One transaction per file: a later file may use an enum value an earlier one added.
+        for path in _migrations(recorded, installed):
+            if path.name in applied:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text(encoding="utf-8"))
+                await _record(conn, ".".join(map(str, _key(path.name))), path.name)
+            done.append(f"procrastinate migration {path.name} applied")
+        async with conn.transaction():
+            await _record(conn, installed)
     return done
+
+
+async def _record(conn: AsyncConnection[Any], version: str, migration: str | None = None) -> None:
+    await conn.execute(
+        "INSERT INTO sca_procrastinate (version, migration) VALUES (%s, %s)", (version, migration)
+    )
+
+
+def _ahead(version: int) -> str:
+    return f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
+
+
+def _release_ahead(recorded: str, installed: str) -> str:
+    return (
+        f"procrastinate's schema is from release {recorded}, newer than the installed "
+        f"{installed}: upgrade this program"
+    )
 
 
 async def check_schema(conn: AsyncConnection[Any]) -> str | None:
@@ -107,5 +214,13 @@ async def check_schema(conn: AsyncConnection[Any]) -> str | None:
     if version < SCHEMA_VERSION:
         return f"schema version {version} is older than {SCHEMA_VERSION}: run `engine init`"
     if version > SCHEMA_VERSION:
-        return f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
+        return _ahead(version)
+    (recorded, _), installed = await _recorded(conn), procrastinate_release()
+    if recorded is None or _key(recorded) < _key(installed):
+        return (
+            f"procrastinate's schema is from release {recorded or 'unknown'}, older than "
+            f"the installed {installed}: run `sir-convert-a-lot engine init`"
+        )
+    if _key(recorded) > _key(installed):
+        return _release_ahead(recorded, installed)
     return None

@@ -32,7 +32,6 @@ __all__ = [
     "mark_done",
     "open_keys",
     "poll",
-    "set_procrastinate_id",
     "submit",
     "take",
 ]
@@ -120,13 +119,6 @@ async def submit(
         for name, content in drop.items():
             await _put_blob(cur, key, DROP, name, content)
     return True
-
-
-async def set_procrastinate_id(pool: Pool, key: str, job_id: int) -> None:
-    async with pool.connection() as conn:
-        await conn.execute(
-            "UPDATE sca_jobs SET procrastinate_id = %s WHERE key = %s", (job_id, key)
-        )
 
 
 async def take(pool: Pool, key: str, host: str) -> tuple[Taken, bytes, dict[str, bytes]] | None:

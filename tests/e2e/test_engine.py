@@ -275,11 +275,7 @@ def test_engine_exactly_once_across_kills(cluster: Cluster) -> None:
 
     for round_ in range(3 if LONG else 1):
         _kill_worker_mid_job(cluster, round_)
-        if LONG:
-            # Long mode only for now: in one run of the merged tree, one of the two
-            # jobs the paused node held was retried by the sweeper but never taken
-            # again (issue 11's note).
-            _pause_worker_past_stall(cluster, round_)
+        _pause_worker_past_stall(cluster, round_)
         _stop_postgres(cluster, round_)
         _kill_ingest(cluster, round_)
 
@@ -316,40 +312,48 @@ def _kill_worker_mid_job(cluster: Cluster, round_: int) -> None:
 
 
 def _pause_worker_past_stall(cluster: Cluster, round_: int) -> None:
-    """SIGSTOP a worker past the stall time-out: the other one redoes the job, and the
-    paused worker's late result is discarded when it wakes up."""
+    """SIGSTOP a worker past the stall time-out: the other one redoes its jobs, the
+    paused worker's late results are discarded when it wakes up, and it serves again.
+
+    Four slow files fill both nodes' two CPU slots, so w1 (the GPU-lane node) holds
+    some: it is the one paused, and a PDF after the wake proves its queues recovered."""
     names = [f"slow-pause{round_}-{i}.html" for i in range(4)]
     for name in names:
         cluster.drop(name, _html(name))
-    _wait(
-        "a worker taking a job",
-        lambda: any(cluster.worker_running(h) for h in ("w1", "w2")),
-        60,
-        0.05,
-    )
-    paused = next(h for h in ("w1", "w2") if cluster.worker_running(h))
-    other = "w2" if paused == "w1" else "w1"
-    key = cluster.worker_running(paused)
-    node = cluster.nodes[paused]
+    _wait("w1 taking a job", lambda: cluster.worker_running("w1") is not None, 60, 0.05)
+    time.sleep(0.5)  # let it take its second one too
+    held = [
+        str(row[0])
+        for row in cluster.pg.query(
+            "SELECT j.key FROM sca_jobs j LEFT JOIN sca_results r ON r.key = j.key"
+            " WHERE j.worker_host = 'w1' AND r.key IS NULL AND j.state = 'queued'"
+        )
+    ]
+    node = cluster.nodes["w1"]
     os.kill(node.pid, signal.SIGSTOP)
     try:
-        _wait("outputs while a worker is paused", lambda: cluster.done(names), 180, 0.2)
+        _wait("outputs while w1 is paused", lambda: cluster.done(names), 180, 0.2)
     finally:
         os.kill(node.pid, signal.SIGCONT)
-    _wait(
-        f"{paused}'s late result discarded",
-        lambda: any(
-            "engine_result_discarded" in line and key in line
-            for line in node.log.read_text(errors="replace").splitlines()
-        ),
-        60,
-        0.2,
-    )
-    [(host, attempt)] = cluster.pg.query(
-        f"SELECT worker_host, attempt FROM sca_results WHERE key = '{key}'"
-    )
-    assert host == other and int(str(attempt)) >= 2, (host, attempt)
-    _wait("the paused worker ready again", lambda: node.get("/readyz")[0] == 200, 60, 0.2)
+
+    def discarded() -> bool:
+        log = node.log.read_text(errors="replace").splitlines()
+        return all(
+            any("engine_result_discarded" in line and key in line for line in log) for key in held
+        )
+
+    _wait("w1's late results discarded", discarded, 60, 0.2)
+    for key in held:
+        [(host, attempt)] = cluster.pg.query(
+            f"SELECT worker_host, attempt FROM sca_results WHERE key = '{key}'"
+        )
+        assert host == "w2" and int(str(attempt)) >= 2, (host, attempt)
+    assert "Traceback" not in node.log.read_text(errors="replace")
+    _wait("w1 ready again", lambda: node.get("/readyz")[0] == 200, 60, 0.2)
+    after = f"after-pause{round_}.pdf"
+    cluster.drop(after, make_text_pdf(cluster.tmp / after).read_bytes())
+    _wait("a GPU job on the woken node", lambda: cluster.done([after]), 120, 0.2)
+    assert cluster.sidecar(after)["service"]["worker_host"] == "w1"  # type: ignore[index]
 
 
 def _stop_postgres(cluster: Cluster, round_: int) -> None:
