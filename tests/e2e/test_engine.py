@@ -81,12 +81,15 @@ class Cluster:
         )
         return config
 
-    def start(self, name: str, faults: dict[str, float] | None = None) -> DaemonProcess:
+    def start(
+        self, name: str, faults: dict[str, float] | None = None, local: str = "local_lanes = []\n"
+    ) -> DaemonProcess:
+        """Start (or restart) a node; ``local`` is the ingest node's own lanes."""
         old = self.nodes.get(name)
         if old is not None and old.alive():
             old.stop(timeout=30)
         if name == "ingest":
-            config = self._config(name, "local_lanes = []\n")
+            config = self._config(name, local)
             args: tuple[str, ...] = ("run",)
             prefix = ["ip", "netns", "exec", self.netns.ns(name)]
         else:
@@ -278,10 +281,11 @@ def test_engine_exactly_once_across_kills(cluster: Cluster) -> None:
         _pause_worker_past_stall(cluster, round_)
         _stop_postgres(cluster, round_)
         _kill_ingest(cluster, round_)
+    _spill_overflow(cluster)
 
-    _check_exactly_once(cluster)
-    results = cluster.pg.query("SELECT count(*) FROM sca_results")[0][0]
-    assert results == len(cluster.dropped)
+    sidecars = _check_exactly_once(cluster)
+    remote = [r for r, m in sidecars.items() if m["service"].get("worker_host")]  # type: ignore[attr-defined]
+    assert cluster.pg.query("SELECT count(*) FROM sca_results")[0][0] == len(remote)
     _wait(
         "every engine job done",
         lambda: cluster.pg.query("SELECT count(*) FROM sca_jobs WHERE state <> 'done'")[0][0] == 0,
@@ -377,6 +381,28 @@ def _stop_postgres(cluster: Cluster, round_: int) -> None:
     cluster.pg.start()
     _wait("outputs after the outage", lambda: cluster.done(first + later), 120, 0.2)
     _wait("ready again", lambda: cluster.ingest.get("/readyz")[0] == 200, 30, 0.2)
+
+
+def _spill_overflow(cluster: Cluster) -> None:
+    """An ingest node that converts the CPU lane itself (one slot) hands the overflow
+    to the engine: both kinds of output, each once."""
+    ingest = cluster.start(
+        "ingest",
+        local=f'local_lanes = ["cpu"]\nmodels_dir = "{cluster.models}"\n'
+        "cpu = { workers = 1, express_workers = 0 }\n",
+    )
+    ingest.wait_ready(timeout=300)
+    names = [f"spill-{i}.html" for i in range(8)]
+    for name in names:
+        cluster.drop(name, _html(name))
+    _wait("the spilled batch", lambda: cluster.done(names), 120, 0.2)
+    hosts = [cluster.sidecar(n)["service"].get("worker_host") for n in names]  # type: ignore[attr-defined]
+    assert None in hosts, hosts  # converted here
+    assert {"w1", "w2"} & set(hosts), hosts  # and spilled to the engine's workers
+    status, body = ingest.get("/status")
+    assert status == 200 and body["lanes"]["cpu"]["spilled"] == hosts.count("w1") + hosts.count(
+        "w2"
+    ), body["lanes"]["cpu"]
 
 
 def _kill_ingest(cluster: Cluster, round_: int) -> None:
