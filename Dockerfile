@@ -4,9 +4,12 @@
 # profile is chosen by the command (`run --profile NAME`), see compose.yaml.
 #
 # The GPU runtime is chosen when building, because PyTorch ships one wheel per
-# runtime. ROCm by default; ops/compose --nvidia builds the CUDA image:
+# runtime. ROCm by default; ops/compose --nvidia builds the CUDA image.
+# TORCH_INDEX is the PyTorch wheel index you install from (the one PyTorch's
+# "Get started" page names, or your mirror of it), without the runtime part;
+# TORCH_RUNTIME is that part (rocm6.4, cu128):
 #
-#   docker build --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/rocm6.4 \
+#   docker build --build-arg TORCH_INDEX="$TORCH_INDEX" --build-arg TORCH_RUNTIME=rocm6.4 \
 #                --build-arg SIR_CONVERT_A_LOT_SERVICE_REVISION=$(git rev-parse HEAD) .
 #
 # Models are never downloaded, neither here nor at run time: mount a directory
@@ -17,7 +20,8 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 # ---------------------------------------------------------------- build stage
 FROM ${PYTHON_IMAGE} AS build
 
-ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/rocm6.4
+ARG TORCH_INDEX
+ARG TORCH_RUNTIME=rocm6.4
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
@@ -28,7 +32,9 @@ ENV PATH=/opt/sir-convert-a-lot/.venv/bin:$PATH
 # torch and torchvision first, both from the runtime's index; then pin what was
 # installed so that resolving the project cannot swap in another build of torch
 # from PyPI (docling pulls torchvision, which would pull a CUDA torch).
-RUN pip install --index-url "${TORCH_INDEX_URL}" "torch<=2.14.1" torchvision \
+RUN test -n "${TORCH_INDEX}" \
+      || { echo "set the build argument TORCH_INDEX (the PyTorch wheel index, docs/runbook.md)" >&2; exit 2; } \
+ && pip install --index-url "${TORCH_INDEX%/}/${TORCH_RUNTIME}" "torch<=2.14.1" torchvision \
  && pip freeze | grep -E '^(torch|torchvision)==' > /opt/torch-constraints.txt \
  && cat /opt/torch-constraints.txt
 

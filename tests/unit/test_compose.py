@@ -218,7 +218,8 @@ def test_rocm_devices_by_default() -> None:
         assert svc["devices"] == ["/dev/kfd", "/dev/dri"]
         groups = " ".join(svc["group_add"])
         assert "video" in groups and "render" in groups
-        assert svc["build"]["args"]["TORCH_INDEX_URL"].split("/")[-1].startswith("rocm")
+        assert svc["build"]["args"]["TORCH_RUNTIME"].startswith("rocm")
+        assert svc["build"]["args"]["TORCH_INDEX"] == "${TORCH_INDEX:-}"  # from the environment
 
 
 def test_nvidia_variant_replaces_devices_with_a_gpu_reservation() -> None:
@@ -229,7 +230,7 @@ def test_nvidia_variant_replaces_devices_with_a_gpu_reservation() -> None:
         (reservation,) = svc["deploy"]["resources"]["reservations"]["devices"]
         assert reservation["driver"] == "nvidia" and "gpu" in reservation["capabilities"]
         assert svc["image"] != service(profile)["image"]
-        assert svc["build"]["args"]["TORCH_INDEX_URL"].split("/")[-1].startswith("cu")
+        assert svc["build"]["args"]["TORCH_RUNTIME"].startswith("cu")
 
 
 def test_the_revision_comes_from_the_environment_ops_compose_sets() -> None:
