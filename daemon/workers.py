@@ -27,8 +27,9 @@ import structlog
 
 from converters.base import Lane
 from converters.errors import SirError, Timeout
-from daemon.config import LaneSettings, ProfileSettings
+from daemon.config import ProfileSettings
 from daemon.errors import ResourceLimitExceeded, WorkerCrashed
+from daemon.lane_settings import LaneSettings
 from daemon.metrics import Metrics
 from daemon.wire import Hello, JobReply, JobRequest, Ready
 from daemon.worker_process import WorkerProcess

@@ -28,7 +28,8 @@ from typing import Any
 
 import pytest
 
-from daemon.config import LaneSettings, load_settings
+from daemon.config import load_settings
+from daemon.lane_settings import LaneSettings
 from tests.e2e.chaos_support import FaultyDaemon, long_mode
 from tests.e2e.test_lane_limits import _good
 from tests.fixtures.bombs import BOMBS, Bomb, make_many_parts_pptx, make_sparse_md, make_xxe_docx

@@ -19,8 +19,8 @@ import pytest
 
 from converters.base import Lane, Limits
 from converters.errors import SirError, Timeout
-from daemon.config import LaneSettings
 from daemon.errors import ResourceLimitExceeded, WorkerCrashed
+from daemon.lane_settings import LaneSettings
 from daemon.metrics import Metrics
 from daemon.wire import Hello, JobReply, JobRequest
 from daemon.worker_process import WorkerProcess

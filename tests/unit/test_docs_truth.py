@@ -10,12 +10,12 @@ from converters.base import ConvertOptions, Limits
 from daemon.config import (
     EnvOverrides,
     EventsSettings,
-    LaneSettings,
     NotifySettings,
     ProfileSettings,
     RetentionSettings,
 )
 from daemon.errors import known_codes
+from daemon.lane_settings import LaneSettings
 from daemon.sidecar import Sidecar
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
