@@ -43,7 +43,7 @@ from psycopg_pool import PoolTimeout
 from converters.base import Lane
 from daemon.config import ProfileSettings
 from daemon.engine import queue, store
-from daemon.engine.connect import describe, make_app, make_pool
+from daemon.engine.connect import describe, make_app, make_pool, queue_name
 from daemon.engine.snapshot import RESOURCE_SOURCES, read_snapshot
 from daemon.errors import InputTooLargeForEngine
 from daemon.metrics import Metrics
@@ -60,6 +60,10 @@ _RETRY_SECONDS = 1.0
 _ORPHAN_GRACE_SECONDS = 3.0
 _RECONCILE_SECONDS = 10.0
 _DEPTH_SECONDS = 2.0
+# Done jobs (and procrastinate's finished ones) are kept this long, for inquiries,
+# then pruned once an hour: the engine's tables do not grow with every file.
+KEEP_DONE_HOURS = 24 * 7
+_PRUNE_SECONDS = 3600.0
 _TERMINAL = frozenset({"succeeded", "failed", "cancelled", "aborted"})
 # What an unreachable or restarting PostgreSQL raises: the statement is tried again.
 _OUTAGE = (OSError, psycopg.Error, PoolTimeout, pexc.ConnectorException)
@@ -95,6 +99,7 @@ class EngineClient:
         self._app_open = False
         self._next_reconcile = 0.0
         self._next_depth = 0.0
+        self._next_prune = 0.0
 
     # -- life ----------------------------------------------------------------------
 
@@ -174,6 +179,9 @@ class EngineClient:
         if now >= self._next_reconcile:
             self._next_reconcile = now + _RECONCILE_SECONDS
             await self._reconcile()
+        if now >= self._next_prune:
+            self._next_prune = now + _PRUNE_SECONDS
+            await self._prune()
         if now >= self._next_depth:
             self._next_depth = now + _DEPTH_SECONDS
             self.depth = await store.depth(self.pool)
@@ -206,6 +214,19 @@ class EngineClient:
                 await self.defer(row.key, waiter.lane)
         else:
             waiter.orphan_since = None
+
+    async def _prune(self) -> None:
+        gone = await store.prune_done(self.pool, self.profile.name, KEEP_DONE_HOURS)
+        for lane in Lane:
+            await self.app.job_manager.delete_old_jobs(
+                nb_hours=KEEP_DONE_HOURS,
+                queue=queue_name(lane),
+                include_failed=True,
+                include_cancelled=True,
+                include_aborted=True,
+            )
+        if gone:
+            log.info("engine_done_jobs_pruned", count=gone, older_than_hours=KEEP_DONE_HOURS)
 
     async def _reconcile(self) -> None:
         """Open keys of this profile whose job folder is gone: published, so done."""

@@ -32,6 +32,7 @@ __all__ = [
     "mark_done",
     "open_keys",
     "poll",
+    "prune_done",
     "submit",
     "take",
 ]
@@ -209,6 +210,18 @@ async def mark_done(pool: Pool, keys: Iterable[str]) -> None:
             (keys,),
         )
         await conn.execute("DELETE FROM sca_blobs WHERE key = ANY(%s)", (keys,))
+
+
+async def prune_done(pool: Pool, profile: str, hours: float) -> int:
+    """Forget the profile's jobs done more than ``hours`` ago (their results go with
+    them); the rows of open jobs are never touched. Returns how many went."""
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute(
+            "DELETE FROM sca_jobs WHERE profile = %s AND state = 'done'"
+            " AND done_at < now() - make_interval(secs => %s)",
+            (profile, hours * 3600),
+        )
+        return int(cur.rowcount)
 
 
 async def open_keys(pool: Pool, profile: str) -> list[str]:

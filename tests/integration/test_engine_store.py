@@ -120,6 +120,15 @@ async def _fence(profile: ProfileSettings) -> None:
         await store.mark_done(pool, ["eval:j1:s"])
         assert await store.open_keys(pool, "eval") == []
         assert await store.files_of(pool, "eval:j1:s") == {}
+        # Done a week ago: pruned with its result; a fresh done job stays.
+        assert await store.prune_done(pool, "eval", 24 * 7) == 0
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE sca_jobs SET done_at = now() - interval '8 days' WHERE key = 'eval:j1:s'"
+            )
+        assert await store.prune_done(pool, "other-profile", 24 * 7) == 0
+        assert await store.prune_done(pool, "eval", 24 * 7) == 1
+        assert await store.poll(pool, ["eval:j1:s"]) == []
     finally:
         await pool.close()
 
@@ -215,22 +224,26 @@ async def _move(profile: ProfileSettings) -> None:
 
 
 def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: Postgres) -> None:
-    """A database made by this program when procrastinate 3.3 was installed (built
-    here from procrastinate's own migration files up to 3.3.0, with our version-1
-    tables): ``engine check`` refuses it, ``engine init`` applies our step 2 and
-    procrastinate's later migrations in order (resuming after a cut-short upgrade),
-    and the result has the same procrastinate functions as a fresh schema."""
+    """A database made when procrastinate 3.0 was installed (built here from
+    procrastinate's own migration files up to 3.0.0, with our version-1 tables;
+    this program asks for 3.5 or later, and procrastinate shipped no migration
+    between 3.5 and 3.10, so an older release exercises the path): ``engine check``
+    refuses it, ``engine init`` applies our step 2 and procrastinate's later
+    migrations in order (resuming after a cut-short upgrade), and the result has
+    the same procrastinate functions as a fresh schema."""
     import psycopg
     from procrastinate.schema import SchemaManager
 
     from daemon.engine.schema import _STEPS  # our version-1 tables, as that release made them
 
     with psycopg.connect(url := pg.url("127.0.0.1"), password=pg.password, autocommit=True) as c:
-        c.execute("CREATE DATABASE upgrade_from_3_3")
-    url = url.rsplit("/", 1)[0] + "/upgrade_from_3_3"
+        c.execute("CREATE DATABASE upgrade_from_3_0")
+        c.execute("CREATE DATABASE fresh")
+    fresh = url.rsplit("/", 1)[0] + "/fresh"
+    url = url.rsplit("/", 1)[0] + "/upgrade_from_3_0"
     folder = Path(SchemaManager.get_migrations_path())
     migrations = sorted(folder.glob("*.sql"))
-    old = [p for p in migrations if p.name < "03.03.00~"]
+    old = [p for p in migrations if p.name < "03.00.00~"]
     assert old and old[0].name.startswith("00.00.00")
     with psycopg.connect(url, password=pg.password, autocommit=True) as conn:
         for path in old:  # one transaction each, as procrastinate's users apply them
@@ -246,17 +259,17 @@ def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: 
     # No record of the release: taken as the installed one, nothing re-applied.
     assert "schema version 2 applied" in first.stdout
     assert "recorded as" in first.stdout and "migration" not in first.stdout
-    first_newer = next(p for p in migrations if p.name > "03.03.00~")
+    first_newer = next(p for p in migrations if p.name > "03.00.00~")
     with psycopg.connect(url, password=pg.password) as conn:
-        conn.execute("UPDATE sca_procrastinate SET version = '3.3.0'")
+        conn.execute("UPDATE sca_procrastinate SET version = '3.0.0'")
         # An upgrade cut short after its first file: that one is not applied again.
         conn.execute(first_newer.read_text(encoding="utf-8"))  # type: ignore[call-overload]
         conn.execute(
-            "INSERT INTO sca_procrastinate (version, migration) VALUES ('3.4.0', %s)",
+            "INSERT INTO sca_procrastinate (version, migration) VALUES ('3.1.0', %s)",
             (first_newer.name,),
         )
     stale = _cli(tmp_path, pg, "engine", "check", env=env)
-    assert stale.returncode == 75 and "from release 3.3.0, older" in stale.stderr, stale.stderr
+    assert stale.returncode == 75 and "from release 3.0.0, older" in stale.stderr, stale.stderr
     upgraded = _cli(tmp_path, pg, "engine", "init", env=env)
     assert upgraded.returncode == 0, upgraded.stderr
     applied = [line.split()[2] for line in upgraded.stdout.splitlines() if "migration" in line]
@@ -270,9 +283,13 @@ def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: 
         " JOIN pg_namespace n ON n.oid = p.pronamespace"
         " WHERE n.nspname = 'public' AND p.proname LIKE 'procrastinate%'"
     )
-    with psycopg.connect(url, password=pg.password) as conn:
-        upgraded_functions = conn.execute(functions).fetchone()  # type: ignore[call-overload]
-    assert upgraded_functions == tuple(pg.query(functions)[0])  # the fresh schema (test 1)
+    made = _cli(tmp_path, pg, "engine", "init", env={"SIR_CONVERT_A_LOT_ENGINE_URL": fresh})
+    assert made.returncode == 0 and "procrastinate schema" in made.stdout, made.stderr
+    found = []
+    for database in (url, fresh):
+        with psycopg.connect(database, password=pg.password) as conn:
+            found.append(conn.execute(functions).fetchone())  # type: ignore[call-overload]
+    assert found[0] == found[1] and found[0] is not None and found[0][0]
     with psycopg.connect(url, password=pg.password) as conn:
         conn.execute("UPDATE sca_procrastinate SET version = '99.0.0'")
     ahead = _cli(tmp_path, pg, "engine", "init", env=env)
