@@ -44,8 +44,9 @@ from converters.base import Lane
 from daemon.config import ProfileSettings
 from daemon.engine import queue, store
 from daemon.engine.connect import describe, make_app, make_pool, queue_name
+from daemon.engine.schema import check_schema
 from daemon.engine.snapshot import RESOURCE_SOURCES, read_snapshot
-from daemon.errors import InputTooLargeForEngine
+from daemon.errors import EngineUnavailable, InputTooLargeForEngine
 from daemon.metrics import Metrics
 from daemon.names import check_relative
 from daemon.wire import JobReply, JobRequest, Ready
@@ -100,6 +101,9 @@ class EngineClient:
         self._next_reconcile = 0.0
         self._next_depth = 0.0
         self._next_prune = 0.0
+        self._next_schema = 0.0
+        # What ``check_schema`` says of the database (None: both schemas as expected).
+        self.schema_problem: str | None = "the schema is not checked yet"
 
     # -- life ----------------------------------------------------------------------
 
@@ -131,8 +135,10 @@ class EngineClient:
                 if not self._app_open:
                     await self.app.open_async()
                     self._app_open = True
+                if self.schema_problem is not None:  # nothing is handed to a wrong schema
+                    raise EngineUnavailable(self.schema_problem)
                 return await what()
-            except _OUTAGE as exc:
+            except (*_OUTAGE, EngineUnavailable) as exc:
                 self._down(exc)
                 await asyncio.sleep(_RETRY_SECONDS)
 
@@ -169,6 +175,12 @@ class EngineClient:
             await self.app.open_async()
             self._app_open = True
         now = time.monotonic()
+        if self.schema_problem is not None or now >= self._next_schema:
+            self._next_schema = now + _RECONCILE_SECONDS
+            async with self.pool.connection() as conn:
+                self.schema_problem = await check_schema(conn)
+            if self.schema_problem is not None:
+                raise EngineUnavailable(self.schema_problem)
         if self.waiters:
             for row in await store.poll(self.pool, list(self.waiters)):
                 await self._update(row, now)

@@ -303,13 +303,14 @@ async def serve_worker(profile: ProfileSettings, lanes: list[Lane]) -> None:
 
 
 def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-    """A host that was paused past the stall time-out finishes a job that was moved
-    to a new one meanwhile: procrastinate's "finished" finds the old job no longer
-    running and its task ends with that error. Expected, and said in one line."""
+    """A host that was paused past the stall time-out finishes (or retries) a job
+    that was moved to a new one meanwhile: procrastinate refuses to touch the old,
+    cancelled job and its task ends with that error. Expected, and said in one line."""
     future = context.get("future")
     exc = context.get("exception")
     name = future.get_name() if isinstance(future, asyncio.Task) else ""
-    if name.startswith("process job") and 'not in "doing"' in str(exc and exc.__cause__):
+    cause = str(exc.__cause__) if exc is not None else ""
+    if name.startswith("process job") and any(m in cause for m in _REFUSED):
         log.info(
             "engine_late_finish_ignored",
             task=name,
@@ -317,6 +318,10 @@ def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any
         )
         return
     loop.default_exception_handler(context)
+
+
+# What procrastinate's finish and retry say of a job that is no longer running.
+_REFUSED = ('not in "doing" or "todo" status', "has an invalid status to retry")
 
 
 def _output_files(out: Path) -> dict[str, bytes]:

@@ -8,30 +8,40 @@ Ours, all named ``sca_*``:
 * ``sca_blobs``: input, drop-folder snapshot and result files, in chunks.
 * ``sca_results``: at most one per job (its primary key): the accepted result.
 * ``sca_schema``: our schema version; ``engine check`` refuses another one.
-* ``sca_procrastinate``: the procrastinate release whose schema the database holds.
+* ``sca_procrastinate``: the procrastinate schema level the database holds (the
+  version of the newest migration file applied; releases between migrations
+  share a level) and the migration files applied.
 
 Upgrades, all by ``init``, under one advisory lock (two hosts running it at
 once take turns): our steps in ``_STEPS`` past the recorded version, each once,
 in order, in one transaction; then procrastinate's own migration files (shipped
-in its package, named ``MM.mm.pp_NN_*.sql``) past the recorded procrastinate
-release up to the installed one, in order, one transaction each, each recorded
+in its package, named ``MM.mm.pp_NN_*.sql``) past the recorded level up to the
+installed procrastinate's, in order, one transaction each, each recorded
 (an upgrade cut short resumes after the last file applied). ``check`` refuses a
 database behind or ahead of this program, for either schema.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import re
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from procrastinate.schema import SchemaManager
 from psycopg import AsyncConnection
 
 from daemon.errors import EngineUnavailable
 
-__all__ = ["SCHEMA_VERSION", "check_schema", "init_schema", "procrastinate_release"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "check_schema",
+    "init_schema",
+    "procrastinate_level",
+    "procrastinate_release",
+]
 
 SCHEMA_VERSION = 2
 _INIT_LOCK = 0x5CA_1417  # pg_advisory_lock key of `engine init`
@@ -99,28 +109,45 @@ async def _has_procrastinate(conn: AsyncConnection[Any]) -> bool:
 
 
 def procrastinate_release() -> str:
-    """The installed procrastinate's version (its schema is what this program expects)."""
+    """The installed procrastinate's version."""
     return importlib.metadata.version("procrastinate")
 
 
-def _key(version: str) -> tuple[int, ...]:
-    """``3.10.0`` and a migration's ``03.10.00`` compare as (3, 10, 0)."""
-    return tuple(int(x) for x in re.findall(r"\d+", version)[:3])
+def _key(version: str) -> tuple[int, int, int]:
+    """``3.10``, ``3.10.0`` and a migration's ``03.10.00`` compare as (3, 10, 0)."""
+    parts = [int(x) for x in re.findall(r"\d+", version)[:3]] + [0, 0, 0]
+    return parts[0], parts[1], parts[2]
+
+
+def _dotted(version: str) -> str:
+    return ".".join(map(str, _key(version)))
+
+
+def _files() -> list[Path]:
+    return sorted(Path(SchemaManager.get_migrations_path()).glob("*.sql"))
+
+
+def procrastinate_level() -> str:
+    """The schema level the installed procrastinate expects: the version of its newest
+    migration file (releases without a migration share their level: 3.5 to 3.10 are
+    all at 3.4.0), so nodes on different patch releases of one level agree."""
+    release = _key(procrastinate_release())
+    levels = [_key(p.name.split("_", 1)[0]) for p in _files()]
+    return _dotted(str(max((v for v in levels if v <= release), default=(0, 0, 0))))
+
+
+# The level of a database made before levels were recorded (our schema version 1,
+# which asked for procrastinate 3.5 or later: level 3.4.0).
+_FIRST_LEVEL = "3.4.0"
 
 
 def _migrations(after: str, upto: str) -> list[Path]:
-    """procrastinate's migration files past release ``after`` up to ``upto``, in order."""
-    folder = Path(SchemaManager.get_migrations_path())
-    found = []
-    for path in sorted(folder.glob("*.sql")):
-        version = path.name.split("_", 1)[0]
-        if _key(after) < _key(version) <= _key(upto):
-            found.append(path)
-    return found
+    """procrastinate's migration files past level ``after`` up to ``upto``, in order."""
+    return [p for p in _files() if _key(after) < _key(p.name.split("_", 1)[0]) <= _key(upto)]
 
 
 async def _recorded(conn: AsyncConnection[Any]) -> tuple[str | None, set[str]]:
-    """The release procrastinate's schema was last brought to, and the migration
+    """The level procrastinate's schema was last brought to, and the migration
     files applied since (an upgrade cut short resumes after the last one)."""
     cur = await conn.execute("SELECT to_regclass('sca_procrastinate') IS NOT NULL")
     row = await cur.fetchone()
@@ -144,13 +171,15 @@ async def init_schema(conn: AsyncConnection[Any]) -> list[str]:
     # One init at a time: two hosts running `engine init` at once take turns.
     await conn.execute("SELECT pg_advisory_lock(%s)", (_INIT_LOCK,))
     try:
-        return await _init(conn, procrastinate_release())
+        return await _init(conn, procrastinate_level())
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(%s)", (_INIT_LOCK,))
-        await conn.set_autocommit(autocommit)
+        if not conn.closed:  # a lost connection frees the lock anyway; keep its error
+            with contextlib.suppress(psycopg.Error):
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (_INIT_LOCK,))
+                await conn.set_autocommit(autocommit)
 
 
-async def _init(conn: AsyncConnection[Any], installed: str) -> list[str]:
+async def _init(conn: AsyncConnection[Any], level: str) -> list[str]:
     done: list[str] = []
     async with conn.transaction():
         await conn.execute("CREATE TABLE IF NOT EXISTS sca_schema (version integer NOT NULL)")
@@ -160,30 +189,32 @@ async def _init(conn: AsyncConnection[Any], installed: str) -> list[str]:
         fresh = not await _has_procrastinate(conn)
         if fresh:
             await conn.execute(SchemaManager.get_schema())
-            done.append(f"procrastinate schema {installed} applied")
+            done.append(f"procrastinate schema {procrastinate_release()} applied (level {level})")
         for version in sorted(v for v in _STEPS if v > current):
             await conn.execute(_STEPS[version])
             await conn.execute("INSERT INTO sca_schema (version) VALUES (%s)", (version,))
             done.append(f"sir-convert-a-lot schema version {version} applied")
-        recorded, applied = (None, set()) if fresh else await _recorded(conn)
-        if recorded is not None and _key(recorded) > _key(installed):
-            raise EngineUnavailable(_release_ahead(recorded, installed))
+        recorded, applied = (level, set()) if fresh else await _recorded(conn)
+        unrecorded = recorded is None
         if recorded is None:
-            if not fresh:  # made before releases were recorded: taken as the installed one
-                done.append(f"procrastinate schema recorded as {installed}")
-            await _record(conn, installed)
+            recorded = _FIRST_LEVEL
+            done.append(f"procrastinate schema taken as level {recorded} (made before levels)")
+        if _key(recorded) > _key(level):
+            raise EngineUnavailable(_level_ahead(recorded))
+        if _key(recorded) == _key(level):
+            if fresh or unrecorded:
+                await _record(conn, level)
             return done
-    if _key(recorded) < _key(installed):
-        # One transaction per file: a later file may use an enum value an earlier one added.
-        for path in _migrations(recorded, installed):
-            if path.name in applied:
-                continue
-            async with conn.transaction():
-                await conn.execute(path.read_text(encoding="utf-8"))
-                await _record(conn, ".".join(map(str, _key(path.name))), path.name)
-            done.append(f"procrastinate migration {path.name} applied")
+    # One transaction per file: a later file may use an enum value an earlier one added.
+    for path in _migrations(recorded, level):
+        if path.name in applied:
+            continue
         async with conn.transaction():
-            await _record(conn, installed)
+            await conn.execute(path.read_text(encoding="utf-8"))
+            await _record(conn, _dotted(path.name.split("_", 1)[0]), path.name)
+        done.append(f"procrastinate migration {path.name} applied")
+    async with conn.transaction():
+        await _record(conn, level)
     return done
 
 
@@ -197,10 +228,11 @@ def _ahead(version: int) -> str:
     return f"schema version {version} is newer than this program's {SCHEMA_VERSION}"
 
 
-def _release_ahead(recorded: str, installed: str) -> str:
+def _level_ahead(recorded: str) -> str:
     return (
-        f"procrastinate's schema is from release {recorded}, newer than the installed "
-        f"{installed}: upgrade this program"
+        f"procrastinate's schema is at level {recorded}, newer than the installed "
+        f"procrastinate {procrastinate_release()} knows ({procrastinate_level()}): "
+        "upgrade this program"
     )
 
 
@@ -215,12 +247,12 @@ async def check_schema(conn: AsyncConnection[Any]) -> str | None:
         return f"schema version {version} is older than {SCHEMA_VERSION}: run `engine init`"
     if version > SCHEMA_VERSION:
         return _ahead(version)
-    (recorded, _), installed = await _recorded(conn), procrastinate_release()
-    if recorded is None or _key(recorded) < _key(installed):
+    (recorded, _), level = await _recorded(conn), procrastinate_level()
+    if recorded is None or _key(recorded) < _key(level):
         return (
-            f"procrastinate's schema is from release {recorded or 'unknown'}, older than "
-            f"the installed {installed}: run `sir-convert-a-lot engine init`"
+            f"procrastinate's schema is at level {recorded or 'unknown'}, older than the "
+            f"installed procrastinate's {level}: run `sir-convert-a-lot engine init`"
         )
-    if _key(recorded) > _key(installed):
-        return _release_ahead(recorded, installed)
+    if _key(recorded) > _key(level):
+        return _level_ahead(recorded)
     return None

@@ -202,11 +202,15 @@ async def _move(profile: ProfileSettings) -> None:
         assert await queue.requeue_stalled(pool, app, stalled) == "gone"  # swept once
         with pytest.raises(pexc.ConnectorException):  # the paused host wakes and finishes
             await manager.finish_job(old, status=Status.SUCCEEDED, delete_job=True)
+        with pytest.raises(pexc.ConnectorException):  # ... or fails, and retries
+            await manager.retry_job(old)
+        assert await queue.defer(pool, app, key, Lane.CPU) is False  # the new job waits
         [polled] = await store.poll(pool, [key])
         assert polled.queue_state == "todo" and polled.reply is None
         live = await manager.register_worker()
         new = await manager.fetch_job(queues=[queue_name(Lane.CPU)], worker_id=live)
         assert new is not None and new.id != old.id and new.task_kwargs == {"key": key}
+        assert await queue.defer(pool, app, key, Lane.CPU) is False  # ... and runs: no twin
         # A stalled job whose key already has its result is not redone.
         taken = await store.take(pool, key, "live-host")
         assert taken is not None
@@ -217,7 +221,7 @@ async def _move(profile: ProfileSettings) -> None:
         )
         assert await queue.requeue_stalled(pool, app, stalled) == "settled"
         [polled] = await store.poll(pool, [key])
-        assert polled.queue_state == "failed" and polled.reply is not None
+        assert polled.queue_state == "cancelled" and polled.reply is not None
     finally:
         await app.close_async()
         await pool.close()
@@ -258,7 +262,7 @@ def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: 
     assert first.returncode == 0, first.stderr
     # No record of the release: taken as the installed one, nothing re-applied.
     assert "schema version 2 applied" in first.stdout
-    assert "recorded as" in first.stdout and "migration" not in first.stdout
+    assert "taken as level 3.4.0" in first.stdout and "migration" not in first.stdout
     first_newer = next(p for p in migrations if p.name > "03.00.00~")
     with psycopg.connect(url, password=pg.password) as conn:
         conn.execute("UPDATE sca_procrastinate SET version = '3.0.0'")
@@ -269,7 +273,7 @@ def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: 
             (first_newer.name,),
         )
     stale = _cli(tmp_path, pg, "engine", "check", env=env)
-    assert stale.returncode == 75 and "from release 3.0.0, older" in stale.stderr, stale.stderr
+    assert stale.returncode == 75 and "at level 3.0.0, older" in stale.stderr, stale.stderr
     upgraded = _cli(tmp_path, pg, "engine", "init", env=env)
     assert upgraded.returncode == 0, upgraded.stderr
     applied = [line.split()[2] for line in upgraded.stdout.splitlines() if "migration" in line]
@@ -294,6 +298,12 @@ def test_engine_init_upgrades_an_older_procrastinate_schema(tmp_path: Path, pg: 
         conn.execute("UPDATE sca_procrastinate SET version = '99.0.0'")
     ahead = _cli(tmp_path, pg, "engine", "init", env=env)
     assert ahead.returncode == 75 and "newer than the installed" in ahead.stderr, ahead.stderr
+    from daemon.engine.schema import _key, procrastinate_level
+
+    # 3.5 to 3.10 ship no migration past 03.04.00: all of them are at level 3.4.0.
+    assert _key(procrastinate_level()) >= (3, 4, 0)
+    assert procrastinate_level() in {".".join(map(str, _key(p.name))) for p in migrations}
+    assert _key("3.10") == _key("03.10.00") == (3, 10, 0) > _key("3.9.9")
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
