@@ -40,7 +40,7 @@ from daemon.engine.schema import check_schema
 from daemon.engine.snapshot import write_snapshot
 from daemon.errors import WorkerCrashed
 from daemon.metrics import Metrics
-from daemon.wire import JobReply
+from daemon.wire import JobReply, JobRequest
 from daemon.workers import LanePool
 
 __all__ = ["WorkerNode", "serve_worker"]
@@ -106,13 +106,10 @@ class WorkerNode:
     ) -> tuple[JobReply, dict[str, bytes]]:
         with tempfile.TemporaryDirectory(prefix="sir-convert-a-lot-job-") as tmp:
             folder = Path(tmp)
-            for sub in ("in", "out", "drop"):
-                (folder / sub).mkdir()
             request = taken.request
-            source = folder / "in" / Path(request.input_path).name
-            source.write_bytes(data)
-            output = folder / "out" / Path(request.output_path).name
-            write_snapshot(folder / "drop", drop)
+            # Off the loop: an input of up to engine_max_input_bytes must not stall
+            # this node's heartbeats.
+            source, output = await asyncio.to_thread(_stage, folder, request, data, drop)
             job = request.model_copy(
                 update={"input_path": str(source), "output_path": str(output), "drop_fd": False}
             )
@@ -139,7 +136,8 @@ class WorkerNode:
                     "device_name": info.device_name if info and reply.device == "cuda" else None,
                 }
             )
-            return reply, (_output_files(folder / "out") if reply.ok else {})
+            files = await asyncio.to_thread(_output_files, folder / "out") if reply.ok else {}
+            return reply, files
 
     async def _run(self, job: Any, pool: LanePool, drop_fd: int) -> JobReply:
         for attempt in range(1, self.profile.max_attempts + 1):
@@ -322,6 +320,18 @@ def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any
 
 # What procrastinate's finish and retry say of a job that is no longer running.
 _REFUSED = ('not in "doing" or "todo" status', "has an invalid status to retry")
+
+
+def _stage(
+    folder: Path, request: JobRequest, data: bytes, drop: dict[str, bytes]
+) -> tuple[Path, Path]:
+    """The job's private folder: its input, the drop-folder snapshot, an empty out/."""
+    for sub in ("in", "out", "drop"):
+        (folder / sub).mkdir()
+    source = folder / "in" / Path(request.input_path).name
+    source.write_bytes(data)
+    write_snapshot(folder / "drop", drop)
+    return source, folder / "out" / Path(request.output_path).name
 
 
 def _output_files(out: Path) -> dict[str, bytes]:

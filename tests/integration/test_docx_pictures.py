@@ -13,11 +13,8 @@ document.
 from __future__ import annotations
 
 import base64
-import http.server
 import os
-import threading
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -152,35 +149,12 @@ def test_a_secret_outside_the_drop_folder_never_lands_in_the_docx(
     assert "Probe" in _docx_text(out)
 
 
-@pytest.fixture
-def recording_server() -> Iterator[tuple[str, list[str]]]:
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            self.send_response(404)
-            self.end_headers()
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("kind", ["md", "html"])
 def test_remote_pictures_are_never_fetched(
-    job: tuple[Path, Path], recording_server: tuple[str, list[str]], kind: str
+    job: tuple[Path, Path], web_server: tuple[str, list[str]], kind: str
 ) -> None:
     drop, state = job
-    base, hits = recording_server
+    base, hits = web_server
     if kind == "md":
         source = state / "remote.md"
         source.write_text(f"# Remote\n\n![chart]({base}/chart.png)\n", encoding="utf-8")

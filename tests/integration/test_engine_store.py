@@ -57,6 +57,15 @@ def _cli(
     )
 
 
+def _profile(tmp_path: Path, pg: Postgres) -> ProfileSettings:
+    return ProfileSettings(
+        name="eval",
+        data_root=tmp_path / "root",
+        engine_url=pg.url("127.0.0.1"),
+        engine_password_file=pg.password_file,
+    )
+
+
 def test_engine_check_init_and_the_fence(tmp_path: Path, pg: Postgres) -> None:
     missing = _cli(tmp_path, pg, "engine", "check")
     assert missing.returncode == 75, missing.stderr
@@ -69,12 +78,7 @@ def test_engine_check_init_and_the_fence(tmp_path: Path, pg: Postgres) -> None:
     assert again.returncode == 0 and "up to date" in again.stdout
     ok = _cli(tmp_path, pg, "engine", "check")
     assert ok.returncode == 0, ok.stderr
-    profile = ProfileSettings(
-        name="eval",
-        data_root=tmp_path / "root",
-        engine_url=pg.url("127.0.0.1"),
-        engine_password_file=pg.password_file,
-    )
+    profile = _profile(tmp_path, pg)
     asyncio.run(_fence(profile))
 
 
@@ -140,12 +144,7 @@ def test_a_stalled_job_moves_to_a_new_job_a_late_finish_cannot_touch(
     failed and a new job carries the key; the host's late "finished" is refused and
     the new job still waits (with procrastinate's own retry, that late finish deleted
     the retried job and the key was never taken again)."""
-    profile = ProfileSettings(
-        name="eval",
-        data_root=tmp_path / "root",
-        engine_url=pg.url("127.0.0.1"),
-        engine_password_file=pg.password_file,
-    )
+    profile = _profile(tmp_path, pg)
     asyncio.run(_move(profile))
 
 

@@ -8,7 +8,6 @@ image-size limits, and the page cap.
 from __future__ import annotations
 
 import base64
-import http.server
 import os
 import sys
 import threading
@@ -139,36 +138,6 @@ def opened_files() -> Iterator[list[str]]:
         yield _OPENED
     finally:
         _RECORDING.clear()
-
-
-# --- a local web server that records every request --------------------------
-
-
-@pytest.fixture
-def web_server() -> Iterator[tuple[str, list[str]]]:
-    hits: list[str] = []
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            hits.append(self.path)
-            body = b"body::after { content: 'FROM-THE-NETWORK' }"
-            self.send_response(200)
-            self.send_header("Content-Type", "text/css")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", hits
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _drop_html(tmp_path: Path, body: str, head: str = "") -> DropFolder:
