@@ -69,16 +69,20 @@ def seconds(value: str) -> float:
     return float(match.group(1)) * (60 if match.group(2) == "min" else 1)
 
 
-def make_root(base: Path, *, dropin: bool, executable: bool = True) -> Path:
-    """A scratch root for `systemd-analyze --root`: systemd's units, ours, the program."""
+def make_root(
+    base: Path, *, dropin: bool, executable: bool = True, unit: Path | None = None
+) -> Path:
+    """A scratch root for `systemd-analyze --root`: systemd's units, ours (``unit``:
+    the daemon's by default), the program."""
+    unit = unit or UNIT
     root = base / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
     units = root / "etc/systemd/system"
     units.mkdir(parents=True)
-    shutil.copy(UNIT, units / UNIT.name)
+    shutil.copy(unit, units / unit.name)
     if dropin:
-        (units / f"{UNIT.name}.d").mkdir()
-        shutil.copy(NVIDIA, units / f"{UNIT.name}.d" / NVIDIA.name)
+        (units / f"{unit.name}.d").mkdir()
+        shutil.copy(NVIDIA, units / f"{unit.name}.d" / NVIDIA.name)
     if executable:
         program = root / EXEC.lstrip("/")
         program.parent.mkdir(parents=True)

@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.unit.test_systemd_units import (
-    EXEC,
     MAX_EXPOSURE,
-    NVIDIA,
     REPO,
-    SYSTEM_UNITS,
     analyze,
     needs_systemd,
     parse_unit,
 )
+from tests.unit.test_systemd_units import make_root as units_root
 
 pytestmark = pytest.mark.unit
 
@@ -26,19 +23,7 @@ INSTANCE = "sir-convert-a-lot-worker@prod.service"
 
 
 def make_root(base: Path, *, dropin: bool) -> Path:
-    root = base / "root"
-    shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    units = root / "etc/systemd/system"
-    units.mkdir(parents=True)
-    shutil.copy(WORKER, units / WORKER.name)
-    if dropin:
-        (units / f"{WORKER.name}.d").mkdir()
-        shutil.copy(NVIDIA, units / f"{WORKER.name}.d" / NVIDIA.name)
-    program = root / EXEC.lstrip("/")
-    program.parent.mkdir(parents=True)
-    program.write_text("#!/bin/sh\nexit 0\n")
-    program.chmod(0o755)
-    return root
+    return units_root(base, dropin=dropin, unit=WORKER)
 
 
 @needs_systemd
