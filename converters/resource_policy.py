@@ -86,12 +86,14 @@ class ResourcePolicy:
             self.refuse(
                 WarningCode.LOCAL_RESOURCE_BLOCKED, f"relative URL without a base: {url[:200]}"
             )
-        if scheme == "data":
-            body, mime = self._load_data_url(url)
-        elif scheme == "file":
-            body, mime = self._load_file_url(url)
-        else:
+        if scheme not in ("data", "file"):
             self.refuse(WarningCode.REMOTE_RESOURCE_BLOCKED, f"not fetched: {url[:200]}")
+        try:
+            body, mime = self._load_data_url(url) if scheme == "data" else self._load_file_url(url)
+        except ResourceRefused:
+            raise
+        except ValueError as exc:  # bad base64, a malformed host: the same for every caller
+            raise ResourceRefused(f"malformed URL: {exc}") from None
         self._check_image(body, mime)
         return body, mime, url
 
@@ -101,7 +103,7 @@ class ResourcePolicy:
         (the warning is recorded)."""
         try:
             body, mime, _ = self.load(urljoin(DROP_BASE_URL, reference))
-        except ResourceRefused:
+        except ValueError:  # refused, or a reference no URL can be made of
             return None
         return Picture(body=body, mime=mime)
 

@@ -10,12 +10,9 @@ it may lack.
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 
@@ -98,81 +95,47 @@ class JobAnnouncer:
         )
 
     def finished(self, job: Job) -> None:
-        """The job's sidecar is published and durable: its final event (idempotent)."""
+        """The job's sidecar is published and durable: its final event (idempotent).
+        What it says was decided with the staged sidecar (``JobRecord.reused_from``,
+        ``error_code``): nothing is read back from outbox/ or failed/."""
         if self.journal is None:
             return
-        since = job.record.detected_at
-        name = readable(job.record.relative_path)
-        route = self._route(job)
-        if job.record.phase == "publishing":
-            relative = readable(job.record.output_relative or "")
-            sidecar = self._published_sidecar(
-                self.root.outbox / f"{job.record.output_relative}{META_SUFFIX}"
+        record = job.record
+        if record.phase == "publishing":
+            kind = EventKind.JOB_SUCCEEDED if record.reused_from is None else EventKind.JOB_REUSED
+            place, relative, suffix = "outbox", record.output_relative, META_SUFFIX
+            extra: dict[str, object] = {"reused_from": record.reused_from}
+        else:
+            kind, place, relative, suffix = (
+                EventKind.JOB_FAILED,
+                "failed",
+                record.failed_relative,
+                ERROR_SUFFIX,
             )
-            reused = sidecar.get("reused_from") if sidecar else None
-            reused_from = str(reused["job_id"]) if isinstance(reused, dict) else None
-            kind = EventKind.JOB_SUCCEEDED if reused_from is None else EventKind.JOB_REUSED
-            self.journal.append_once(
-                kind,
-                event_id(job.id, kind),
-                since=since,
-                reused_from=reused_from,
-                job_id=job.id,
-                input=name,
-                route=route,
-                attempt=job.record.attempts,
-                path=f"outbox/{relative}",
-                sidecar=f"outbox/{relative}{META_SUFFIX}",
-                notify_url=job.record.notify_url or None,
-            )
-            return
-        relative = readable(job.record.failed_relative or "")
+            extra = {"code": record.error_code}
+        path = f"{place}/{readable(relative or '')}"
         self.journal.append_once(
-            EventKind.JOB_FAILED,
-            event_id(job.id, EventKind.JOB_FAILED),
-            since=since,
+            kind,
+            event_id(job.id, kind),
+            since=record.detected_at,
             job_id=job.id,
-            input=name,
-            route=route,
-            attempt=job.record.attempts,
-            path=f"failed/{relative}",
-            sidecar=f"failed/{relative}{ERROR_SUFFIX}",
-            code=self._error_code(job),
-            notify_url=job.record.notify_url or None,
+            input=readable(record.relative_path),
+            route=self._route(job),
+            attempt=record.attempts,
+            path=path,
+            sidecar=f"{path}{suffix}",
+            notify_url=record.notify_url or None,
+            **extra,
         )
-
-    def _published_sidecar(self, path: Path) -> dict[str, Any] | None:
-        """A sidecar the daemon just published (read back, never following a link)."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            data = os.read(fd, 1 << 20)
-        finally:
-            os.close(fd)
-        try:
-            value = json.loads(data)
-        except ValueError:
-            log.warning("sidecar_unreadable", path=str(path))
-            return None
-        return value if isinstance(value, dict) else None
-
-    def _error_code(self, job: Job) -> str | None:
-        """The code from the error sidecar the daemon just published."""
-        if job.record.failed_relative is None:
-            return None
-        sidecar = self._published_sidecar(
-            self.root.failed / f"{job.record.failed_relative}{ERROR_SUFFIX}"
-        )
-        error = sidecar.get("error") if sidecar else None
-        code = error.get("code") if isinstance(error, dict) else None
-        return str(code) if code is not None else None
 
 
 class StateAnnouncer:
     """The daemon's own events: intake, readiness, start and stop. Each is said
-    once per change; a write that fails (a full disk) is logged and dropped."""
+    once per change; a write that fails (a full disk) is logged and dropped.
+
+    Readiness is evaluated on the event loop, and a journal write fsyncs (and may
+    wait for a publisher's write): the writes go to one thread of their own, in
+    the order they were said. ``close`` waits for them."""
 
     def __init__(self, journal: Journal | None) -> None:
         self.journal = journal
@@ -180,15 +143,28 @@ class StateAnnouncer:
         self._count = 0
         self._intake: str | None = None
         self._ready: bool | None = None
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state-events")
 
     def _say(self, kind: EventKind, **fields: object) -> None:
         if self.journal is None:
             return
         self._count += 1
         try:
-            self.journal.append(kind, f"{self.run_id}:{kind}:{self._count}", **fields)
+            self._writer.submit(self._write, self.journal, kind, self._count, fields)
+        except RuntimeError:  # said after ``close`` (a late readiness check): not written
+            log.info("event_not_written", kind=str(kind), error="the daemon has stopped")
+
+    def _write(
+        self, journal: Journal, kind: EventKind, count: int, fields: dict[str, object]
+    ) -> None:
+        try:
+            journal.append(kind, f"{self.run_id}:{kind}:{count}", **fields)
         except OSError as exc:
             log.warning("event_not_written", kind=str(kind), error=str(exc))
+
+    def close(self) -> None:
+        """Write what was said, then stop the writer thread."""
+        self._writer.shutdown(wait=True)
 
     def intake(self, reason: str | None) -> None:
         """Intake is paused for ``reason`` (a readiness code), or runs (None)."""

@@ -27,7 +27,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -201,7 +201,13 @@ class Journal:
         self._recent: OrderedDict[str, str] = OrderedDict()
         self._complete = True
         self.last_seq = 0
+        # Segments an earlier run wrote (newest first), read only as far back as a
+        # recovered job asks, once: ids found there, and how far back they reach.
+        self._earlier: list[Path] = []
+        self._earlier_ids: set[str] = set()
+        self._earlier_reach = float("inf")
         self._open()
+        self._seq_at_open = self.last_seq
 
     # -- opening ---------------------------------------------------------------------
 
@@ -216,6 +222,7 @@ class Journal:
         if last is None and len(segments) > 1:
             last = _last_event(segments[-2][1])
         self.last_seq = last.seq if last is not None else first - 1
+        self._earlier = [path for _, path in reversed(segments)]
         self._load_recent_ids(segments)
         if last is not None and newest.stat().st_size < self.max_segment_bytes:
             self._segment = newest
@@ -268,16 +275,6 @@ class Journal:
             os.fsync(f.fileno())
         log.warning("events_torn_tail_cut", segment=str(path), kept_bytes=keep)
 
-    def _scan(self, segments: Iterable[tuple[int, Path]]) -> Iterator[Event]:
-        for _, path in segments:
-            try:
-                with path.open("rb") as f:
-                    for line in f:
-                        if (event := parse_line(line)) is not None:
-                            yield event
-            except FileNotFoundError:
-                continue
-
     def _remember(self, event: Event) -> None:
         self._recent[event.event_id] = event.at.isoformat()
         self._evict()
@@ -311,9 +308,11 @@ class Journal:
     ) -> Event | None:
         """``append``, unless the journal already holds ``event_id`` (then None).
 
-        Recent ids are known from memory; ``since`` (when the job began) widens
-        the search to every segment written since then, for a job that waited
-        in .state longer than the remembered ids reach back.
+        Recent ids are known from memory. An id written again is one an earlier
+        run wrote before it stopped (recovery repeats a job's step; within one
+        run each id is said once), so when memory does not reach back to
+        ``since`` (when the job began), the earlier run's segments are searched,
+        each read once however many recovered jobs ask.
         """
         with self._lock:
             if event_id in self._recent:
@@ -321,23 +320,29 @@ class Journal:
             if (
                 since is not None
                 and not self._remembers_since(since)
-                and self._on_disk(event_id, since)
+                and self._written_earlier(event_id, since)
             ):
                 return None
             return self._write(kind, event_id, fields)
 
-    def _on_disk(self, event_id: str, since: datetime) -> bool:
-        segments = segment_files(self.folder)
+    def _written_earlier(self, event_id: str, since: datetime) -> bool:
         cutoff = since.timestamp() - 60
-        chosen: list[tuple[int, Path]] = []
-        for item in reversed(segments):
-            chosen.append(item)
+        while self._earlier and self._earlier_reach >= cutoff:
+            path = self._earlier.pop(0)
             try:
-                if item[1].stat().st_mtime < cutoff:
-                    break  # written to for the last time before the job began
+                reach = path.stat().st_mtime
+                with path.open("rb") as f:
+                    for line in f:
+                        try:
+                            item = json.loads(line)
+                            if int(item["seq"]) <= self._seq_at_open:
+                                self._earlier_ids.add(str(item["event_id"]))
+                        except (ValueError, KeyError, TypeError):
+                            continue  # a torn or foreign line
             except FileNotFoundError:
-                continue
-        return any(e.event_id == event_id for e in self._scan(reversed(chosen)))
+                continue  # expired meanwhile
+            self._earlier_reach = reach  # written to for the last time then
+        return event_id in self._earlier_ids
 
     def _write(self, kind: EventKind, event_id: str, fields: dict[str, object]) -> Event:
         now = datetime.now(UTC)

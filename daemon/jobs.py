@@ -96,6 +96,10 @@ class JobRecord(BaseModel):
     # claim: recovery keeps it, so the final event goes where it would have.
     # None: not decided yet; "": the folder names none.
     notify_url: str | None = None
+    # What the final event says, decided with the staged sidecar: the job whose
+    # output was reused, and the failure's error code.
+    reused_from: str | None = None
+    error_code: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -149,10 +153,15 @@ class Job:
     def staged_sidecar(self) -> Path:
         return self.folder / "sidecar.json"
 
+    @property
+    def has_input(self) -> bool:
+        """The claimed entry is in the job folder (a link or FIFO counts: never followed)."""
+        return os.path.lexists(self.input_path)
+
     def reload(self) -> None:
         """Read the record back: after a failed write it says which step was durable."""
         self.record = JobRecord.model_validate_json((self.folder / "job.json").read_bytes())
-        if self.record.phase == "claiming" and self.input_path.exists():
+        if self.record.phase == "claiming" and self.has_input:
             self.record.phase = "claimed"  # the move happened; its record update did not
 
     def save(self, *, sync_dir: bool = True) -> None:

@@ -341,7 +341,7 @@ class Lifecycle:
         resume: list[Job] = []
         for job in self.store.load_all():
             phase = job.record.phase
-            has_input = job.input_path.exists() or job.input_path.is_symlink()
+            has_input = job.has_input
             log.info("recovering_job", job_id=job.id, phase=phase, input=job.record.relative_path)
             if phase in ("publishing", "failing"):
                 try:

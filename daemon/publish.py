@@ -111,6 +111,7 @@ class Publisher:
         faults.delay("sidecar_write")
         job.record.output_relative = relative
         job.record.artifacts = staged
+        job.record.reused_from = sidecar.reused_from.job_id if sidecar.reused_from else None
         job.record.phase = "publishing"
         job.save()
 
@@ -160,6 +161,7 @@ class Publisher:
         target = unique_name(self.root.failed / job.record.relative_path, room=len(ERROR_SUFFIX))
         job.record.failed_relative = _rel(target, self.root.failed)
         atomic_write(job.staged_sidecar, sidecar.to_json(), tmp_dir=job.folder)
+        job.record.error_code = sidecar.error.code if sidecar.error else None
         job.record.phase = "failing"
         job.save()
 

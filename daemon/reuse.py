@@ -307,7 +307,10 @@ class Reuse:
             return False
         with DropFolder(os.dup(job.drop_fd)) as folder:
             for encoded, outcome in resources.items():
-                path = os.fsdecode(base64.b64decode(encoded))
+                try:
+                    path = os.fsdecode(base64.b64decode(encoded, validate=True))
+                except ValueError:
+                    return False  # an entry this daemon could not have written: convert
                 now = folder.outcome(path, max_bytes=self.settings.limits.max_input_bytes)
                 if now != outcome:
                     return False

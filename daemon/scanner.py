@@ -37,7 +37,6 @@ __all__ = ["HELPER_NICE", "IgnoredEntries", "InboxScan", "ScannerProcess", "main
 
 # The helper's priority: a rescan is background work, never ahead of a job.
 HELPER_NICE = 5
-START_TIMEOUT_SECONDS = 60.0
 
 
 def _line(reply: ScanReply) -> bytes:
@@ -154,14 +153,12 @@ class ScannerProcess:
     def __init__(self, setup: ScanSetup) -> None:
         self.setup = setup
         self.proc: asyncio.subprocess.Process | None = None
-        self.starts = 0
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
     async def _start(self) -> None:
-        self.starts += 1
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.PIPE,
@@ -190,7 +187,8 @@ class ScannerProcess:
             line = await asyncio.wait_for(self.proc.stdout.readline(), timeout)
             if not line:
                 raise WireError("the scanner exited")
-            return decode(line, ScanReply), fresh
+            # Off the loop: a first scan lists every ignored entry (megabytes).
+            return await asyncio.to_thread(decode, line, ScanReply), fresh
         except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError) as exc:
             await self.stop()
             if isinstance(exc, WireError | OSError):

@@ -54,8 +54,6 @@ log = structlog.get_logger("sir_convert_a_lot.service")
 
 TICK_SECONDS = 0.05
 REFRESH_SECONDS = 1.0
-# A helper that has not answered a rescan by then is replaced.
-RESCAN_TIMEOUT_SECONDS = 300.0
 
 
 class Service:
@@ -436,6 +434,7 @@ class Service:
             await self.engine.close()
         if self.automation is not None:
             await self.automation.stop()
+        await asyncio.to_thread(self.announce.close)
         if self.journal is not None:
             self.journal.close()
         # Jobs still claimed stay in .state and are resumed after the restart.

@@ -8,7 +8,6 @@ published in docs/sidecar.schema.json (``sir-convert-a-lot schema``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
@@ -65,14 +64,10 @@ def _stem(name: str) -> str:
     """The stem companions of ``name`` share in the work folder: the name less
     its extension, shortened (whole characters) so the longest companion fits
     NAME_MAX. Publishing picks the outbox names afresh (daemon.publish)."""
-    from daemon.durable import NAME_MAX  # durable imports this module
+    from daemon.durable import _fit, _split  # durable imports this module
 
-    dot = name.rfind(".")
-    stem = name[:dot] if dot > 0 else name
     longest = max(len(suffix) for suffix in ARTIFACT_SUFFIXES.values())
-    while stem and len(os.fsencode(stem)) + longest > NAME_MAX:
-        stem = stem[:-1]
-    return stem
+    return _fit(_split(name)[0], "", longest)
 
 
 def companion_paths(output: Path) -> dict[str, Path]:

@@ -107,14 +107,17 @@ def _empty_folder() -> str:
 
 def _resources(drop_folder: DropFolder) -> dict[str, str] | None:
     """What the job read beside its document, for reuse (``JobReply.resources``)."""
-    from daemon.wire import MAX_RESOURCE_BYTES, MAX_RESOURCES
+    from daemon.wire import MAX_FIELD_CHARS, MAX_RESOURCE_BYTES, MAX_RESOURCES
 
     if len(drop_folder.reads) > MAX_RESOURCES or drop_folder.read_bytes > MAX_RESOURCE_BYTES:
         return None
-    return {
+    found = {
         base64.b64encode(os.fsencode(path)).decode("ascii"): outcome
         for path, outcome in drop_folder.reads.items()
     }
+    if any(len(key) > MAX_FIELD_CHARS for key in found):
+        return None  # a name the wire would cut: such a conversion is not kept
+    return found
 
 
 def _drop_folder(channel: socket.socket | None, wanted: bool) -> DropFolder:

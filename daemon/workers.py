@@ -269,18 +269,16 @@ class LanePool:
             express=self._is_express(job),
             drop_fd=os.dup(drop_fd) if drop_fd is not None else None,
         )
-        self.outstanding += 1
-        try:
+        with self.holding():
             await self.queue.put(item)
             self.metrics.queue_depth.labels(self.lane.value).set(self.queue.qsize())
             return await item.future
-        finally:
-            self.outstanding -= 1
 
     @contextlib.contextmanager
     def holding(self) -> Iterator[None]:
-        """Count a job of this lane that waits without a worker (for an identical job
-        to finish, daemon/reuse.py) as outstanding, so intake's back-pressure sees it."""
+        """Count a job of this lane as outstanding while it is queued or running, or
+        waits without a worker (for an identical job to finish, daemon/reuse.py), so
+        intake's back-pressure sees it."""
         self.outstanding += 1
         try:
             yield

@@ -358,9 +358,7 @@ class EnginePool:
     ) -> JobReply:
         """Hand the job to the engine, wait for its one accepted result, write its files."""
         del timeout  # the worker node enforces the lane's budgets
-        self.outstanding += 1
-        key = ""
-        try:
+        with self.holding():
             data, drop = await asyncio.to_thread(self._read, job, drop_fd)
             sha = hashlib.sha256(data).hexdigest()
             key = f"{self.profile.name}:{job.job_id}:{sha}"
@@ -374,8 +372,8 @@ class EnginePool:
             )
             loop = asyncio.get_running_loop()
             waiter = _Waiter(job.job_id, self.lane, loop.create_future(), on_start)
-            self.client.waiters[key] = waiter
             client = self.client
+            client.waiters[key] = waiter
 
             async def hand_over() -> None:
                 await store.submit(
@@ -390,17 +388,16 @@ class EnginePool:
                     drop=drop,
                 )
 
-            await client.retrying(hand_over)
-            await client.retrying(lambda: client.defer(key, self.lane))
-            reply = await waiter.future
-            files = await client.retrying(lambda: store.files_of(client.pool, key))
-            await asyncio.to_thread(_write_files, output.parent, files)
-            client.published[job.job_id] = key
-            return reply
-        finally:
-            self.outstanding -= 1
-            if key:
-                self.client.waiters.pop(key, None)
+            try:
+                await client.retrying(hand_over)
+                await client.retrying(lambda: client.defer(key, self.lane))
+                reply = await waiter.future
+                files = await client.retrying(lambda: store.files_of(client.pool, key))
+                await asyncio.to_thread(_write_files, output.parent, files)
+                client.published[job.job_id] = key
+                return reply
+            finally:
+                client.waiters.pop(key, None)
 
 
 def _write_files(folder: Path, files: dict[str, bytes]) -> None:

@@ -237,3 +237,26 @@ def test_html_frames_and_objects_load_nothing(job: tuple[Path, Path], tmp_path: 
     assert b"FRAME-SECRET-MARK" not in everything
     assert picture.read_bytes() not in everything
     assert "Frames" in _docx_text(out)
+
+
+@pytest.mark.parametrize("kind", ["md", "html"])
+def test_malformed_picture_references_are_left_out_not_fatal(
+    job: tuple[Path, Path], kind: str
+) -> None:
+    """Bad base64 in a data: URL and a URL no parser accepts: the document converts
+    without those pictures, as the PDF routes do."""
+    drop, state = job
+    bad = ["data:image/png;base64,A", "http://[x"]
+    source = state / f"bad.{kind}"
+    if kind == "md":
+        source.write_text(
+            "# Still here\n\n" + " ".join(f"![p]({u})" for u in bad) + "\n", encoding="utf-8"
+        )
+    else:
+        source.write_text(
+            "<h1>Still here</h1>" + "".join(f"<img src='{u}'>" for u in bad), encoding="utf-8"
+        )
+    out = state / "out.docx"
+    _convert(drop, source, out)
+    assert _media(out) == []
+    assert "Still here" in _docx_text(out)

@@ -186,3 +186,21 @@ def test_pdf_to_md_keys_on_its_model_files(tmp_path: Path) -> None:
     assert models_facts(tmp_path, "md->pdf") == [] and models_facts(None, "pdf->md") == []
     weights.write_bytes(b"other model!")  # provisioned again
     assert models_facts(tmp_path, "pdf->md") != before
+
+
+def test_a_conversion_that_read_a_name_the_wire_would_cut_is_not_kept(tmp_path: Path) -> None:
+    """A picture reference of 13,000 characters: its recorded read would be cut on the
+    wire and could never be checked again, so the conversion offers nothing to keep."""
+    from converters.dropfolder import DropFolder, ResourceUnavailable
+    from daemon.worker import _resources
+
+    with DropFolder.open(tmp_path) as folder:
+        for name in ("a.png", "b" * 13_000 + ".png"):
+            with pytest.raises(ResourceUnavailable):
+                folder.read(name, max_bytes=1024)
+        assert len(folder.reads) == 2
+        assert _resources(folder) is None
+    with DropFolder.open(tmp_path) as folder:
+        with pytest.raises(ResourceUnavailable):
+            folder.read("a.png", max_bytes=1024)
+        assert _resources(folder) is not None
