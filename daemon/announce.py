@@ -48,7 +48,7 @@ class JobAnnouncer:
             resolved = self.root.resolve(job.record.relative, self.default_targets)
         except SirError:
             return None
-        return f"{resolved.source}->{resolved.target}"
+        return resolved.route
 
     def claimed(self, job: Job) -> None:
         """A claim's event. Like a retry's, it may be lost to a full disk (logged):

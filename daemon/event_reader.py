@@ -41,10 +41,10 @@ class JournalReader:
         events: list[Event] = []
         while True:
             events.extend(self._read_current())
+            # Listed before reading: with a later segment there, this one was complete.
             later = [p for _, p in segments if p.name > self._path.name]
             if not later:
                 break
-            events.extend(self._read_current())  # whatever came before the rotation
             self._path, self._offset, self._partial = later[0], 0, b""
         return gap, events
 

@@ -44,6 +44,11 @@ class ResolvedRoute:
     target: str
 
     @property
+    def route(self) -> str:
+        """``source->target``, as routes, metrics and events name it."""
+        return f"{self.source}->{self.target}"
+
+    @property
     def output_relative(self) -> PurePosixPath:
         """Relative to outbox/: same folders, the name with the target's extension.
 

@@ -206,7 +206,7 @@ class Lifecycle:
                 await asyncio.to_thread(self.store.fill_input_facts, job)
             self._refuse_oversized(job)
             resolved = self.root.resolve(job.record.relative, self.settings.default_targets)
-            bound = bound.bind(route=f"{resolved.source}->{resolved.target}")
+            bound = bound.bind(route=resolved.route)
             converter = self.registry.get(resolved.source, resolved.target)
             if job.options_error is not None:
                 raise job.options_error
@@ -279,7 +279,7 @@ class Lifecycle:
             if job.work_dir.exists():
                 shutil.rmtree(job.work_dir)
             job.work_dir.mkdir()
-            self.metrics.queue_wait_seconds.labels(f"{resolved.source}->{resolved.target}").observe(
+            self.metrics.queue_wait_seconds.labels(resolved.route).observe(
                 max(0.0, (datetime.now(UTC) - job.record.detected_at).total_seconds())
             )
             payload = JobRequest(

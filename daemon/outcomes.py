@@ -144,7 +144,7 @@ class Outcomes:
         reply: JobReply,
         started: datetime | None,
     ) -> None:
-        route = f"{resolved.source}->{resolved.target}"
+        route = resolved.route
         sidecar = self.sidecar(job, resolved, started, "succeeded")
         sidecar.timings.convert_seconds = reply.convert_seconds
         sidecar.input.pages = reply.pages
@@ -219,7 +219,7 @@ class Outcomes:
             await asyncio.to_thread(self.publisher.finish_failure, job)
         if self.settled is not None:
             self.settled(job.id)
-        route = f"{resolved.source}->{resolved.target}" if resolved else "unknown"
+        route = resolved.route if resolved else "unknown"
         self.metrics.job_finished(route, "failed", error.code)
         if error.code in (NotRegularFile.code, UnsupportedRoute.code):
             self.metrics.files_refused.labels(error.code).inc()

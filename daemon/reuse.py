@@ -195,7 +195,7 @@ class Reuse:
     def _base_facts(
         self, job: Job, resolved: ResolvedRoute, options: ConvertOptions
     ) -> dict[str, Any]:
-        route = f"{resolved.source}->{resolved.target}"
+        route = resolved.route
         stem = os.fsencode(PurePosixPath(job.record.relative.name).stem)
         return {
             "format": KEY_FORMAT,
