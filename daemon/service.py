@@ -132,6 +132,7 @@ class Service:
             self.metrics,
             sources={r.source for r in self.registry.routes()} | {"htm", "markdown"},
             lane_of=self.lifecycle.lane_for,
+            inbox_fd=lambda: self.lifecycle.store.inbox_fd,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._rescan_task: asyncio.Task[None] | None = None
@@ -152,7 +153,7 @@ class Service:
         if self.intake_paused_reason or not any(p.has_room() for p in self.pools.values()):
             return  # nothing could be claimed; waiting files keep their place
         now = time.monotonic()
-        ready = self.tracker.due(now, self.intake.stat)
+        ready = self.tracker.due(now, self.intake.stat, self.intake.held_open)
         for path in ready:
             lane = self.intake.lane_for(path)
             if self.intake_paused_reason or not self.pools[lane].has_room():

@@ -11,6 +11,10 @@
   archive): its close may have been missed, so it settles like a scanned file,
   on the quiet window and stable size alone. Once a write is seen, a close is
   needed again. A created file that is still empty keeps waiting for a close.
+* Whatever the events said, a file some process still holds open for writing
+  is not ready (``held_open``, the kernel's answer: daemon/open_writers.py). It
+  is asked only once a file would otherwise be ready, and again after each
+  further quiet window while the answer is yes.
 
 See docs/settling.md for what each kind of writer looks like here.
 
@@ -94,7 +98,12 @@ class SettleTracker:
     def forget(self, path: Path) -> None:
         self._pending.pop(path, None)
 
-    def due(self, now: float, stat: Callable[[Path], StatKey | None]) -> list[Path]:
+    def due(
+        self,
+        now: float,
+        stat: Callable[[Path], StatKey | None],
+        held_open: Callable[[Path], bool] | None = None,
+    ) -> list[Path]:
         """Paths that are complete now. Vanished paths are forgotten."""
         ready: list[Path] = []
         for path, entry in list(self._pending.items()):
@@ -120,8 +129,14 @@ class SettleTracker:
                     continue
             quiet = now - entry.last_event >= self.settle_seconds
             stable = now - entry.stable_since >= self.settle_seconds
-            if quiet and stable:
-                ready.append(path)
+            if not (quiet and stable):
+                continue
+            if held_open is not None and held_open(path):
+                # Quiet, stable, and still open for writing: a writer pausing.
+                # Asked again after another full window.
+                entry.stable_since = now
+                continue
+            ready.append(path)
         for path in ready:
             del self._pending[path]
         return ready

@@ -174,6 +174,46 @@ def test_files_written_into_a_new_folder_before_it_is_watched(writer_daemon: Dae
         assert_converted_once(d, f"to-docx/fresh/untarred/tree/{rel}.docx", expected)
 
 
+def test_a_writer_holding_open_a_file_made_before_its_folder_was_watched(
+    writer_daemon: Daemon,
+) -> None:
+    """mkdir + open + first write within microseconds, then pauses longer than the
+    window with the file held open: no write and no close were seen, and it is
+    quiet and stable. Only the kernel knows a writer still holds it (the open-writer
+    probe, daemon/open_writers.py); found by CI, where it was read half-written."""
+    d = writer_daemon
+    base = _folder(d, "held-new")
+    script = (
+        "import os, sys, time\n"
+        "folders = [os.path.join(sys.argv[1], f'n{i}') for i in range(3)]\n"
+        "handles = []\n"
+        "for folder in folders:\n"
+        "    os.mkdir(folder)\n"
+        "    fh = open(os.path.join(folder, 'doc.md'), 'wb')\n"
+        "    fh.write(b'# held in a new folder\\n\\n'); fh.flush()\n"
+        "    handles.append(fh)\n"
+        "for line in range(3):\n"
+        "    time.sleep(float(sys.argv[2]))\n"
+        "    for fh in handles:\n"
+        "        fh.write(f'- line {line} {\"y\" * 50}\\n'.encode()); fh.flush()\n"
+        "for fh in handles:\n"
+        "    fh.close()\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(base), str(LONG_PAUSE)], check=True)
+    expected = b"# held in a new folder\n\n" + b"".join(
+        f"- line {line} {'y' * 50}\n".encode() for line in range(3)
+    )
+    wait_idle(d)
+    for i in range(3):
+        assert_converted_once(d, f"to-docx/held-new/n{i}/doc.docx", sha_bytes(expected))
+    held = [
+        line
+        for line in d.log.read_text(errors="replace").splitlines()
+        if "input_held_open" in line and "held-new" in line
+    ]
+    assert held, "the probe never found the writer holding its file"
+
+
 def test_cp_and_mv_on_the_same_filesystem(writer_daemon: Daemon) -> None:
     d = writer_daemon
     folder = _folder(d, "cpmv")
@@ -357,8 +397,9 @@ def test_files_dropped_while_down_then_the_polling_observer(
     tmp_path: Path, tiny_models_dir: Path
 ) -> None:
     """Files that arrived while the daemon was down are found by the start-up scan and
-    converted once. The same daemon then watches by polling: no close events, so only
-    the quiet window and a stable size protect a slow writer."""
+    converted once, also one whose writer still holds it open. The same daemon then
+    watches by polling: no close events, so the quiet window, a stable size and the
+    open-writer probe protect a slow writer."""
     d = Daemon(
         tmp_path,
         models_dir=tiny_models_dir,
@@ -383,7 +424,30 @@ def _drop_while_down_then_poll(d: Daemon) -> None:
         expected[rel[:-3]] = sha_bytes(data)
     (d.inbox / "to-docx" / "down" / "big.md").write_bytes(big_markdown(BIG, "down"))
     expected["down/big"] = sha(d.inbox / "to-docx" / "down" / "big.md")
-    d.start()
+    # A writer that holds its file open across the start: found by the start-up
+    # scan (no event), quiet and stable for several windows, still open.
+    still_open = _chunks("open across the start", 6)
+    opened, release = threading.Event(), threading.Event()
+
+    def write_across_start() -> bytes:
+        with (down / "across.md").open("wb") as fh:
+            fh.write(still_open[0])
+            fh.flush()
+            opened.set()
+            release.wait(120)
+            fh.write(b"".join(still_open[1:]))
+        return b"".join(still_open)
+
+    writer = threading.Thread(target=write_across_start)
+    writer.start()
+    opened.wait(10)
+    try:
+        d.start()
+        time.sleep(LONG_PAUSE * 2)
+    finally:
+        release.set()
+        writer.join()
+    expected["down/across"] = sha_bytes(b"".join(still_open))
     wait_idle(d)
     for rel, digest in expected.items():
         assert_converted_once(d, f"to-docx/{rel}.docx", digest)
@@ -394,10 +458,15 @@ def _drop_while_down_then_poll(d: Daemon) -> None:
     (src / "copied.md").write_bytes(big_markdown(BIG, "polled cp"))
     subprocess.run(["cp", str(src / "copied.md"), str(folder)], check=True)
     held = _chunks("polled-held", 12)
+    held_long = _chunks("polled-held-long", 4)
     appended = _chunks("polled-append", 8)
     written = _in_threads(
         {
             "held": lambda: slow_write(folder / "held.md", held, [SHORT_PAUSE] * 12, "held"),
+            # Polling sees no closes: only the open-writer probe keeps this one waiting.
+            "held-long": lambda: slow_write(
+                folder / "held-long.md", held_long, [LONG_PAUSE] * 3 + [0.0], "held"
+            ),
             "append": lambda: slow_write(
                 folder / "append.md", appended, [SHORT_PAUSE] * 8, "append"
             ),

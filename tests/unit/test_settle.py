@@ -136,3 +136,32 @@ def test_an_empty_file_whose_close_was_missed_settles_eventually() -> None:
     assert t.due(1.5, st) == []
     assert t.due(10.0, st) == []
     assert t.due(21.0, st) == [P]
+
+
+def test_a_file_still_held_open_for_writing_waits_however_quiet() -> None:
+    """Created with data before its folder was watched (no write, no close seen):
+    the window alone would settle it, but the kernel says a writer holds it."""
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    held = {P}
+    asked: list[float] = []
+
+    def held_open(path: Path) -> bool:
+        asked.append(now)
+        return path in held
+
+    t.observe(P, Arrival.CREATED, 0.0)
+    for now in (0.1, 1.2, 1.5, 2.0):
+        assert t.due(now, st, held_open) == []
+    assert asked == [1.2]  # asked once it looked finished, then after a new window
+    now = 2.3
+    assert t.due(now, st, held_open) == []
+    assert asked == [1.2, 2.3]
+    held.clear()  # the writer closed (its close event may be lost: no matter)
+    now = 3.4
+    assert t.due(now, st, held_open) == [P]
+
+
+def test_a_renamed_file_is_not_asked_about() -> None:
+    t = SettleTracker(1.0, require_close=False)
+    t.observe(P, Arrival.RENAMED, 0.0)
+    assert t.due(0.0, FakeStat(), lambda path: True) == [P]
