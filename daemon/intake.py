@@ -25,7 +25,6 @@ from converters.base import Lane
 from daemon.ignore import IgnoreRules
 from daemon.layout import DataRoot
 from daemon.metrics import Metrics
-from daemon.open_writers import WriterProbe
 from daemon.readiness import INTAKE_BLOCKERS, CheckResult
 from daemon.scanner import IgnoredEntries, InboxScan, ScannerProcess
 from daemon.settle import Arrival, SettleTracker, StatKey
@@ -50,11 +49,9 @@ class Intake:
         *,
         sources: set[str],
         lane_of: Callable[[Path], Lane],
-        inbox_fd: Callable[[], int],
     ) -> None:
         """``sources``: the extensions a route reads (a folder named so is an entry);
-        ``lane_of``: the lifecycle's lane for an inbox path (uncached);
-        ``inbox_fd``: the inbox's descriptor, where every walk into it starts."""
+        ``lane_of``: the lifecycle's lane for an inbox path (uncached)."""
         self.root = root
         self.ignore = ignore
         self.tracker = tracker
@@ -68,9 +65,6 @@ class Intake:
         # (``start_scanner``): ``check`` and ``convert`` scan in a thread.
         self.scanner: ScannerProcess | None = None
         self._lanes: dict[tuple[str, str], Lane] = {}
-        self._inbox_fd = inbox_fd
-        self._probe = WriterProbe()
-        self._held: set[Path] = set()  # logged as held open, until claimed or gone
         self.last_rescan: float | None = None
         self.rescan_requested = False
         # Set by readiness (any evaluation): why no file is claimed.
@@ -98,7 +92,6 @@ class Intake:
             st = os.lstat(path)
         except OSError:  # gone, or a folder on the way became a file or a link
             self.tracker.forget(path)
-            self._held.discard(path)
             return
         if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
             # Nothing to wait for: it will be refused unread. (A hard link made
@@ -172,7 +165,6 @@ class Intake:
 
     def detected_at(self, path: Path) -> datetime:
         """When ``path`` was first seen (forgotten here: it is being claimed)."""
-        self._held.discard(path)
         return self._detected_at.pop(path, datetime.now(UTC))
 
     # -- claiming --------------------------------------------------------------------
@@ -185,20 +177,12 @@ class Intake:
             return None
         return (st.st_size, st.st_mtime_ns)
 
-    def held_open(self, path: Path) -> bool:
-        """Does some process still hold ``path`` open for writing? (the settle
-        tracker asks once a file looks finished; daemon/open_writers.py)"""
-        try:
-            parts = self.root.inbox_relative(path).parts
-        except ValueError:
-            return False
-        held = self._probe.held_for_writing(self._inbox_fd(), parts)
-        if held and path not in self._held:
-            if len(self._held) >= _LANE_CACHE:
-                self._held.clear()  # only spares repeated log lines
-            self._held.add(path)
+    def still_open(self, path: Path, detected: datetime, now: float) -> None:
+        """The claim found ``path`` still open for writing (daemon/open_writers.py):
+        it waits on, keeping when it was first seen; logged the first time."""
+        self._detected_at[path] = detected
+        if self.tracker.postpone(path, now):
             log.info("input_held_open", input=str(path))
-        return held
 
     def lane_for(self, path: Path) -> Lane:
         """``lifecycle.lane_for``, remembered per (folder, extension), which is all a

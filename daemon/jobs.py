@@ -28,6 +28,7 @@ from daemon import faults
 from daemon.durable import atomic_write, fsync_dir
 from daemon.layout import DataRoot
 from daemon.names import StoredPath
+from daemon.open_writers import StillOpen, WriterProbe
 
 if TYPE_CHECKING:
     from converters.base import ConvertOptions
@@ -183,10 +184,20 @@ class Job:
 
 
 class JobStore:
-    def __init__(self, root: DataRoot, profile: str, *, max_input_bytes: int) -> None:
+    def __init__(
+        self,
+        root: DataRoot,
+        profile: str,
+        *,
+        max_input_bytes: int,
+        probe: WriterProbe | None = None,
+    ) -> None:
+        """``probe``: asks whether a file is still open for writing before it is
+        claimed (the daemon and ``convert``; None: never asked)."""
         self.root = root
         self.profile = profile
         self.max_input_bytes = max_input_bytes
+        self.probe = probe
         self._inbox_fd: int | None = None
 
     @property
@@ -227,17 +238,21 @@ class JobStore:
         """Move the entry ``relative.name`` out of its folder (``folder_fd``, from
         ``open_levels``) into a new job folder, durably.
 
-        Returns ``None`` if the entry vanished first (someone else took it). The
-        record is written before the rename so recovery always knows where the
-        input came from. The rename works on the folder's descriptor, so it can
-        only ever move an entry that is really inside the inbox. Symlinks, FIFOs
-        and folders are moved as entries: they are never followed or opened.
+        Returns ``None`` if the entry vanished first (someone else took it).
+        Raises ``StillOpen`` if some process still holds it open for writing: it
+        is left where it is, untouched. The record is written before the rename
+        so recovery always knows where the input came from. The rename works on
+        the folder's descriptor, so it can only ever move an entry that is really
+        inside the inbox. Symlinks, FIFOs and folders are moved as entries: they
+        are never followed or opened (the probe opens regular files only).
         """
         name = relative.name
         try:
             os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        if self.probe is not None and self.probe.held_for_writing(folder_fd, name):
+            raise StillOpen(str(relative))
         job_id = f"{utcnow():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
         folder = self.root.jobs / job_id
         folder.mkdir(mode=0o700)

@@ -38,6 +38,7 @@ from daemon.jobs import Job, JobStore
 from daemon.layout import DataRoot, ResolvedRoute
 from daemon.metrics import Metrics
 from daemon.names import readable
+from daemon.open_writers import WriterProbe
 from daemon.options import resolve_options
 from daemon.outcomes import Outcomes
 from daemon.publish import Publisher
@@ -64,13 +65,18 @@ class Lifecycle:
         service: ServiceInfo,
         *,
         journal: Journal | None = None,
+        probe: WriterProbe | None = None,
     ) -> None:
         """``journal``: the events journal, for the daemon only (``check`` and
-        ``convert`` write none)."""
+        ``convert`` write none); ``probe``: asks, at each claim, whether the file
+        is still open for writing (daemon/open_writers.py)."""
         self.settings = settings
         self.root = DataRoot(settings.data_root)
         self.store = JobStore(
-            self.root, settings.name, max_input_bytes=settings.limits.max_input_bytes
+            self.root,
+            settings.name,
+            max_input_bytes=settings.limits.max_input_bytes,
+            probe=probe,
         )
         self.publisher = Publisher(
             self.root, self.store, delete_on_success=settings.on_success == "delete"
@@ -111,9 +117,11 @@ class Lifecycle:
 
         One walk from the inbox descriptor down to the file's folder, never
         following a link, serves the claim's rename, the options files and the
-        drop folder the worker will read resources from. Once the file is in the
-        job folder, this returns the job whatever else fails: a job that exists
-        must reach a task, or it would sit unseen in .state until a restart.
+        drop folder the worker will read resources from. A file some process
+        still holds open for writing raises ``StillOpen`` and stays in the inbox.
+        Once the file is in the job folder, this returns the job whatever else
+        fails: a job that exists must reach a task, or it would sit unseen in
+        .state until a restart.
         """
         relative = self.root.inbox_relative(path)
         levels = self.store.open_levels(relative)

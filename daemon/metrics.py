@@ -61,6 +61,11 @@ class Metrics:
         self.pending_files = Gauge(
             f"{NS}_pending_files", "Files seen in the inbox and not yet claimed.", registry=r
         )
+        self.pending_held_open = Gauge(
+            f"{NS}_pending_held_open",
+            "Waiting files a process still held open for writing when they were due.",
+            registry=r,
+        )
         self.oldest_waiting = Gauge(
             f"{NS}_oldest_waiting_seconds",
             "Age of the oldest file waiting in the inbox or queue.",

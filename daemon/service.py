@@ -41,6 +41,7 @@ from daemon.lifecycle import Lifecycle
 from daemon.metrics import Metrics
 from daemon.names import readable
 from daemon.notify import Notifier
+from daemon.open_writers import StillOpen, WriterProbe
 from daemon.readiness import CheckResult, Readiness
 from daemon.revision import service_info
 from daemon.settle import Arrival, SettleTracker
@@ -100,7 +101,13 @@ class Service:
         self.journal = open_journal(profile, self.root, self.metrics) if journal else None
         self.announce = StateAnnouncer(self.journal)
         self.lifecycle = Lifecycle(
-            profile, self.registry, self.pools, self.metrics, self.info, journal=self.journal
+            profile,
+            self.registry,
+            self.pools,
+            self.metrics,
+            self.info,
+            journal=self.journal,
+            probe=WriterProbe(),
         )
         self.automation = (
             AutomationTasks(profile, self.root, self.journal, self.metrics)
@@ -132,7 +139,6 @@ class Service:
             self.metrics,
             sources={r.source for r in self.registry.routes()} | {"htm", "markdown"},
             lane_of=self.lifecycle.lane_for,
-            inbox_fd=lambda: self.lifecycle.store.inbox_fd,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._rescan_task: asyncio.Task[None] | None = None
@@ -153,7 +159,7 @@ class Service:
         if self.intake_paused_reason or not any(p.has_room() for p in self.pools.values()):
             return  # nothing could be claimed; waiting files keep their place
         now = time.monotonic()
-        ready = self.tracker.due(now, self.intake.stat, self.intake.held_open)
+        ready = self.tracker.due(now, self.intake.stat)
         for path in ready:
             lane = self.intake.lane_for(path)
             if self.intake_paused_reason or not self.pools[lane].has_room():
@@ -163,6 +169,9 @@ class Service:
             detected = self.intake.detected_at(path)
             try:
                 job = await asyncio.to_thread(self.lifecycle.claim, path, detected)
+            except StillOpen:
+                self.intake.still_open(path, detected, now)
+                continue
             except OSError as exc:
                 log.error("claim_failed", input=str(path), error=str(exc))
                 self.tracker.observe(path, Arrival.SCANNED, now)
@@ -213,6 +222,7 @@ class Service:
 
     def _update_gauges(self) -> None:
         self.metrics.pending_files.set(len(self.tracker))
+        self.metrics.pending_held_open.set(self.tracker.held_count())
         oldest = self.tracker.oldest()
         ages = [time.monotonic() - oldest] if oldest is not None else []
         for job in self.lifecycle.active.values():
@@ -354,7 +364,13 @@ class Service:
         read from instead of its inbox folder (``convert`` passes the folder of
         the file the user named; the user trusts their own folders).
         """
-        job = await asyncio.to_thread(self.lifecycle.claim, path, datetime.now(UTC))
+        try:
+            job = await asyncio.to_thread(self.lifecycle.claim, path, datetime.now(UTC))
+        except StillOpen:
+            raise SirError(
+                f"{path} is still open for writing by another process: "
+                "convert it once it is written"
+            ) from None
         if job is None:
             raise SirError(f"{path} could not be claimed")
         if document_folder is not None:

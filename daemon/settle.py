@@ -12,9 +12,9 @@
   on the quiet window and stable size alone. Once a write is seen, a close is
   needed again. A created file that is still empty keeps waiting for a close.
 * Whatever the events said, a file some process still holds open for writing
-  is not ready (``held_open``, the kernel's answer: daemon/open_writers.py). It
-  is asked only once a file would otherwise be ready, and again after each
-  further quiet window while the answer is yes.
+  is not ready. The caller asks the kernel (daemon/open_writers.py) about what
+  ``due`` returns, and hands back what is still open with ``postpone``: it is
+  due again after one more quiet, stable window, and asked again.
 
 See docs/settling.md for what each kind of writer looks like here.
 
@@ -54,6 +54,7 @@ class _Pending:
     wrote: bool = False  # a data write was seen since the last close
     stat: StatKey | None = None
     stable_since: float = 0.0
+    held: bool = False  # found open for writing when it was last due
 
 
 class SettleTracker:
@@ -61,12 +62,18 @@ class SettleTracker:
         self.settle_seconds = settle_seconds
         self.require_close = require_close
         self._pending: dict[Path, _Pending] = {}
+        self._taken: dict[Path, _Pending] = {}  # what the last ``due`` returned
+        self._held: set[Path] = set()
 
     def __contains__(self, path: Path) -> bool:
         return path in self._pending
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def held_count(self) -> int:
+        """Waiting files that were found open for writing when last due."""
+        return len(self._held)
 
     def oldest(self) -> float | None:
         return min((p.first_seen for p in self._pending.values()), default=None)
@@ -97,19 +104,34 @@ class SettleTracker:
 
     def forget(self, path: Path) -> None:
         self._pending.pop(path, None)
+        self._held.discard(path)
 
-    def due(
-        self,
-        now: float,
-        stat: Callable[[Path], StatKey | None],
-        held_open: Callable[[Path], bool] | None = None,
-    ) -> list[Path]:
-        """Paths that are complete now. Vanished paths are forgotten."""
+    def postpone(self, path: Path, now: float) -> bool:
+        """``path``, returned by the last ``due``, is still open for writing: it
+        waits for another quiet, stable window (a rename no longer makes it
+        complete). Nothing happens if an event has tracked it again meanwhile.
+        True the first time it is found held."""
+        entry = self._taken.pop(path, None)
+        if entry is None or path in self._pending:
+            return False
+        if entry.renamed:
+            entry.renamed = False
+            entry.closed = True
+        entry.stable_since = now
+        first = not entry.held
+        entry.held = True
+        self._pending[path] = entry
+        self._held.add(path)
+        return first
+
+    def due(self, now: float, stat: Callable[[Path], StatKey | None]) -> list[Path]:
+        """Paths that look complete now (no longer tracked, unless ``postpone``d).
+        Vanished paths are forgotten."""
         ready: list[Path] = []
         for path, entry in list(self._pending.items()):
             current = stat(path)
             if current is None:
-                del self._pending[path]
+                self.forget(path)
                 continue
             if entry.renamed:
                 ready.append(path)
@@ -129,14 +151,8 @@ class SettleTracker:
                     continue
             quiet = now - entry.last_event >= self.settle_seconds
             stable = now - entry.stable_since >= self.settle_seconds
-            if not (quiet and stable):
-                continue
-            if held_open is not None and held_open(path):
-                # Quiet, stable, and still open for writing: a writer pausing.
-                # Asked again after another full window.
-                entry.stable_since = now
-                continue
-            ready.append(path)
-        for path in ready:
-            del self._pending[path]
+            if quiet and stable:
+                ready.append(path)
+        self._taken = {path: self._pending.pop(path) for path in ready}
+        self._held.difference_update(ready)
         return ready

@@ -138,30 +138,49 @@ def test_an_empty_file_whose_close_was_missed_settles_eventually() -> None:
     assert t.due(21.0, st) == [P]
 
 
-def test_a_file_still_held_open_for_writing_waits_however_quiet() -> None:
+def test_a_file_still_open_for_writing_is_postponed_by_another_window() -> None:
     """Created with data before its folder was watched (no write, no close seen):
-    the window alone would settle it, but the kernel says a writer holds it."""
+    quiet and stable, it is due; the claim finds it open and postpones it."""
     t, st = SettleTracker(1.0, require_close=True), FakeStat()
-    held = {P}
-    asked: list[float] = []
-
-    def held_open(path: Path) -> bool:
-        asked.append(now)
-        return path in held
-
     t.observe(P, Arrival.CREATED, 0.0)
-    for now in (0.1, 1.2, 1.5, 2.0):
-        assert t.due(now, st, held_open) == []
-    assert asked == [1.2]  # asked once it looked finished, then after a new window
-    now = 2.3
-    assert t.due(now, st, held_open) == []
-    assert asked == [1.2, 2.3]
-    held.clear()  # the writer closed (its close event may be lost: no matter)
-    now = 3.4
-    assert t.due(now, st, held_open) == [P]
+    assert t.due(0.1, st) == []
+    assert t.due(1.2, st) == [P]
+    assert t.postpone(P, 1.2) is True  # the first time: logged by the caller
+    assert P in t and t.held_count() == 1
+    assert t.due(2.0, st) == []  # one more quiet, stable window first
+    assert t.due(2.3, st) == [P]
+    assert t.held_count() == 0  # due again: the caller decides
+    assert t.postpone(P, 2.3) is False  # still open: not news
+    assert t.due(3.4, st) == [P]  # closed now: claimed
+    assert P not in t and t.held_count() == 0
 
 
-def test_a_renamed_file_is_not_asked_about() -> None:
-    t = SettleTracker(1.0, require_close=False)
+def test_a_renamed_file_still_open_waits_like_a_written_one() -> None:
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
     t.observe(P, Arrival.RENAMED, 0.0)
-    assert t.due(0.0, FakeStat(), lambda path: True) == [P]
+    assert t.due(0.0, st) == [P]
+    t.postpone(P, 0.0)
+    assert t.due(0.1, st) == []  # no longer complete at once
+    assert t.due(1.2, st) == [P]
+
+
+def test_an_event_while_the_claim_asked_wins_over_postpone() -> None:
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    t.observe(P, Arrival.RENAMED, 0.0)
+    assert t.due(0.0, st) == [P]
+    t.observe(P, Arrival.WRITTEN, 0.1)  # seen while the claim ran
+    assert t.postpone(P, 0.2) is False
+    assert t.held_count() == 0
+    t.observe(P, Arrival.CLOSED, 0.3)
+    t.due(0.3, st)
+    assert t.due(1.4, st) == [P]
+
+
+def test_a_held_file_that_vanishes_is_no_longer_counted() -> None:
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    t.observe(P, Arrival.RENAMED, 0.0)
+    t.due(0.0, st)
+    t.postpone(P, 0.0)
+    st.value = None
+    assert t.due(5.0, st) == []
+    assert P not in t and t.held_count() == 0
