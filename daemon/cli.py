@@ -18,6 +18,7 @@ from daemon.event_reader import JournalReader
 from daemon.events import Event, EventKind, Gap
 from daemon.logs import configure_logging
 from daemon.names import printable
+from daemon.open_writers import keep_lease_to_ourselves
 from daemon.revision import code_dirs
 
 __all__ = ["main"]
@@ -370,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before any thread or program starts: nothing the daemon runs (git, the
+    # scanner, workers, pandoc) inherits the CAP_LEASE the unit grants it.
+    keep_lease_to_ourselves()
     args = build_parser().parse_args(argv)
     try:
         result: int = args.func(args)

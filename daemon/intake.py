@@ -177,11 +177,11 @@ class Intake:
             return None
         return (st.st_size, st.st_mtime_ns)
 
-    def still_open(self, path: Path, detected: datetime, now: float) -> None:
+    def still_open(self, path: Path, detected: datetime) -> None:
         """The claim found ``path`` still open for writing (daemon/open_writers.py):
         it waits on, keeping when it was first seen; logged the first time."""
         self._detected_at[path] = detected
-        if self.tracker.postpone(path, now):
+        if self.tracker.postpone(path, time.monotonic()):
             log.info("input_held_open", input=str(path))
 
     def lane_for(self, path: Path) -> Lane:

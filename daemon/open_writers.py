@@ -20,8 +20,12 @@ takes one and gives it back at once; nothing is read.
   file for ever; a writer on another machine is invisible here anyway.
 * A lease needs the file's owner or ``CAP_LEASE``. The systemd unit grants it as
   an ambient capability, which every program the daemon runs would inherit:
-  ``keep_lease_to_ourselves`` empties the ambient set at start-up, so the workers
-  parsing documents never hold it.
+  ``keep_lease_to_ourselves`` (first thing in ``cli.main``) empties the ambient
+  set, so git, the scanner and the workers parsing documents never hold it. The
+  set is per thread: it must run before any thread starts.
+* Only a regular file with one link is opened: an entry with more links is
+  refused unread by the claim's checks, and its other name is none of our
+  business (docs/security.md).
 * Where the kernel cannot be asked, the probe answers "not held" and the settle
   rules alone decide, as before; why is logged once (``writer_probe_unavailable``).
 * A process holding a write lease on the file (Samba with kernel oplocks, for a
@@ -30,7 +34,8 @@ takes one and gives it back at once; nothing is read.
 * A writer that opens the file during the microseconds the lease is held waits
   until it is given back. The kernel tells the lease holder with ``SIGIO``, whose
   default action ends the process, so the daemon ignores ``SIGIO`` (set up here,
-  from the main thread; anywhere else the probe stays off).
+  from the main thread; anywhere else the probe stays off). Programs the daemon
+  starts inherit the ignored ``SIGIO``; none of them uses it.
 """
 
 from __future__ import annotations
@@ -80,6 +85,8 @@ _CANNOT_ASK = {
 }
 _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, *[ctypes.c_ulong] * 4]
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 
 
 class StillOpen(Exception):
@@ -94,7 +101,8 @@ class _StatFs(ctypes.Structure):
 
 def keep_lease_to_ourselves() -> None:
     """Empty the ambient capability set: the daemon keeps CAP_LEASE (if it was
-    given one), the programs it starts from now on get none."""
+    given one), the programs it starts from now on get none. Per thread: call
+    it before any thread starts."""
     if _libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
         log.warning("ambient_capabilities_kept", error=os.strerror(ctypes.get_errno()))
 
@@ -110,7 +118,6 @@ class WriterProbe:
     def __init__(self) -> None:
         self._logged: set[str] = set()
         self.off_reason: str | None = None
-        keep_lease_to_ourselves()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGIO, signal.SIG_IGN)
         elif signal.getsignal(signal.SIGIO) is not signal.SIG_IGN:
@@ -125,7 +132,8 @@ class WriterProbe:
         if self.off_reason is not None:
             return False
         try:
-            if not stat.S_ISREG(os.stat(name, dir_fd=folder_fd, follow_symlinks=False).st_mode):
+            st = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
                 return False
             fd = os.open(name, _OPEN, dir_fd=folder_fd)
         except OSError as exc:
@@ -138,7 +146,8 @@ class WriterProbe:
             os.close(fd)
 
     def _leased(self, fd: int) -> bool:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return False
         kind = _file_system(fd)
         if kind not in _FAITHFUL:

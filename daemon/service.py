@@ -164,13 +164,13 @@ class Service:
             lane = self.intake.lane_for(path)
             if self.intake_paused_reason or not self.pools[lane].has_room():
                 # Leave it in the inbox; it is seen again on the next tick.
-                self.tracker.observe(path, Arrival.RENAMED, now)
+                self.tracker.put_back(path, now)
                 continue
             detected = self.intake.detected_at(path)
             try:
                 job = await asyncio.to_thread(self.lifecycle.claim, path, detected)
             except StillOpen:
-                self.intake.still_open(path, detected, now)
+                self.intake.still_open(path, detected)
                 continue
             except OSError as exc:
                 log.error("claim_failed", input=str(path), error=str(exc))

@@ -124,6 +124,20 @@ class SettleTracker:
         self._held.add(path)
         return first
 
+    def put_back(self, path: Path, now: float) -> None:
+        """``path``, returned by the last ``due``, was not claimed (its lane is
+        full, intake paused): due again at once, keeping what is known of it."""
+        entry = self._taken.pop(path, None)
+        if path in self._pending:
+            return  # an event tracked it again meanwhile: that is fresher
+        if entry is None:
+            self.observe(path, Arrival.RENAMED, now)
+            return
+        entry.renamed = True
+        self._pending[path] = entry
+        if entry.held:
+            self._held.add(path)
+
     def due(self, now: float, stat: Callable[[Path], StatKey | None]) -> list[Path]:
         """Paths that look complete now (no longer tracked, unless ``postpone``d).
         Vanished paths are forgotten."""

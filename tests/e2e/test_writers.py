@@ -411,7 +411,8 @@ def test_files_dropped_while_down_then_the_polling_observer(
 def _wait_for_log(d: Daemon, *words: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(all(w in line for w in words) for line in d.log.read_text().splitlines()):
+        lines = d.log.read_text(errors="replace").splitlines()
+        if any(all(w in line for w in words) for line in lines):
             return
         time.sleep(0.1)
     raise AssertionError(f"no log line with {words} in {timeout} s\n{d.tail()}")

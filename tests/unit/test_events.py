@@ -170,6 +170,7 @@ def test_intake_pause_and_resume_and_readiness_changes_are_events(build: Build) 
     assert service.intake_paused_reason is None
 
     assert service.journal is not None
+    service.announce.close()  # state events are written by a thread of their own
     kinds = [(e["kind"], e["code"], e["ready"]) for e in lines(service.journal.folder)]
     assert kinds[0] == ("readiness_changed", None, False)  # no workers run here
     assert ("intake_paused", "data_root_unwritable", None) in kinds

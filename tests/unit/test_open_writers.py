@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import pytest
 
 from daemon import open_writers
 from daemon.open_writers import WriterProbe
+from tests.fixtures.capabilities import can_hand_out_cap_lease
 
 REPO = Path(__file__).parents[2]
 
@@ -127,11 +127,14 @@ def test_links_folders_fifos_and_missing_entries_are_not_held(tmp_path: Path, su
     with outside.open("wb"):
         (tmp_path / "sub" / "link.md").symlink_to(outside)
         (tmp_path / "sub" / "folder.md").mkdir()
+        (tmp_path / "sub" / "hardlink.md").hardlink_to(outside)
         os.mkfifo(tmp_path / "sub" / "pipe.md")
         # A symlink to a file held open is never followed.
         assert probe.held_for_writing(sub, "link.md") is False
         assert probe.held_for_writing(sub, "pipe.md") is False  # not opened, not blocked
         assert probe.held_for_writing(sub, "folder.md") is False
+        # Refused unread by the claim; its other name is none of our business.
+        assert probe.held_for_writing(sub, "hardlink.md") is False
         assert probe.held_for_writing(sub, "gone.md") is False
 
 
@@ -152,8 +155,8 @@ def test_a_file_system_whose_leases_say_nothing_is_not_asked(
 
 
 def _setpriv(*args: str) -> list[str]:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv(1)")
+    if not can_hand_out_cap_lease():
+        pytest.skip("needs root with CAP_SETPCAP, CAP_LEASE in the bounding set, setpriv(1)")
     return ["setpriv", *args]
 
 
@@ -200,12 +203,12 @@ def test_the_programs_the_daemon_starts_do_not_inherit_cap_lease() -> None:
     )
     script = (
         "import subprocess\n"
-        "from daemon.open_writers import WriterProbe\n"
+        "from daemon.open_writers import keep_lease_to_ourselves\n"
         "def caps(text):\n"
         "    return {k: int(v, 16) for k, v in (l.split(':\\t') for l in text.splitlines())"
         " if k in ('CapEff', 'CapAmb')}\n"
         "print('before', caps(open('/proc/self/status').read()))\n"
-        "WriterProbe()\n"
+        "keep_lease_to_ourselves()\n"
         "print('after', caps(open('/proc/self/status').read()))\n"
         "child = subprocess.run(['cat', '/proc/self/status'], capture_output=True, text=True)\n"
         "print('child', caps(child.stdout))\n"

@@ -184,3 +184,16 @@ def test_a_held_file_that_vanishes_is_no_longer_counted() -> None:
     st.value = None
     assert t.due(5.0, st) == []
     assert P not in t and t.held_count() == 0
+
+
+def test_a_file_put_back_for_a_full_lane_keeps_its_age_and_held_state() -> None:
+    t, st = SettleTracker(1.0, require_close=True), FakeStat()
+    t.observe(P, Arrival.CREATED, 0.0)
+    t.due(0.1, st)
+    assert t.due(1.2, st) == [P]
+    t.postpone(P, 1.2)  # still open
+    assert t.due(2.3, st) == [P]  # closed now, but its lane is full
+    t.put_back(P, 2.3)
+    assert t.oldest() == 0.0 and t.held_count() == 1
+    assert t.due(2.35, st) == [P]  # due again at once
+    assert t.postpone(P, 2.35) is False  # not logged a second time
