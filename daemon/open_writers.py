@@ -47,9 +47,12 @@ import fcntl
 import os
 import signal
 import stat
+import sys
 import threading
 
 import structlog
+
+from converters.beneath import Beneath, check_regular
 
 __all__ = ["StillOpen", "WriterProbe", "keep_lease_to_ourselves"]
 
@@ -146,8 +149,9 @@ class WriterProbe:
             os.close(fd)
 
     def _leased(self, fd: int) -> bool:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        try:
+            check_regular(fd, "the entry", sys.maxsize)  # swapped since the fstatat?
+        except Beneath:
             return False
         kind = _file_system(fd)
         if kind not in _FAITHFUL:

@@ -63,7 +63,6 @@ class SettleTracker:
         self.require_close = require_close
         self._pending: dict[Path, _Pending] = {}
         self._taken: dict[Path, _Pending] = {}  # what the last ``due`` returned
-        self._held: set[Path] = set()
 
     def __contains__(self, path: Path) -> bool:
         return path in self._pending
@@ -73,7 +72,7 @@ class SettleTracker:
 
     def held_count(self) -> int:
         """Waiting files that were found open for writing when last due."""
-        return len(self._held)
+        return sum(1 for entry in self._pending.values() if entry.held)
 
     def oldest(self) -> float | None:
         return min((p.first_seen for p in self._pending.values()), default=None)
@@ -104,7 +103,6 @@ class SettleTracker:
 
     def forget(self, path: Path) -> None:
         self._pending.pop(path, None)
-        self._held.discard(path)
 
     def postpone(self, path: Path, now: float) -> bool:
         """``path``, returned by the last ``due``, is still open for writing: it
@@ -121,7 +119,6 @@ class SettleTracker:
         first = not entry.held
         entry.held = True
         self._pending[path] = entry
-        self._held.add(path)
         return first
 
     def put_back(self, path: Path, now: float) -> None:
@@ -135,8 +132,6 @@ class SettleTracker:
             return
         entry.renamed = True
         self._pending[path] = entry
-        if entry.held:
-            self._held.add(path)
 
     def due(self, now: float, stat: Callable[[Path], StatKey | None]) -> list[Path]:
         """Paths that look complete now (no longer tracked, unless ``postpone``d).
@@ -168,5 +163,4 @@ class SettleTracker:
             if quiet and stable:
                 ready.append(path)
         self._taken = {path: self._pending.pop(path) for path in ready}
-        self._held.difference_update(ready)
         return ready

@@ -300,6 +300,10 @@ async def serve_worker(profile: ProfileSettings, lanes: list[Lane]) -> None:
         await runner.cleanup()
 
 
+# What procrastinate's finish and retry say of a job that is no longer running.
+_REFUSED = ('not in "doing" or "todo" status', "has an invalid status to retry")
+
+
 def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     """A host that was paused past the stall time-out finishes (or retries) a job
     that was moved to a new one meanwhile: procrastinate refuses to touch the old,
@@ -316,10 +320,6 @@ def _late_finish_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any
         )
         return
     loop.default_exception_handler(context)
-
-
-# What procrastinate's finish and retry say of a job that is no longer running.
-_REFUSED = ('not in "doing" or "todo" status', "has an invalid status to retry")
 
 
 def _stage(

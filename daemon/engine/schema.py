@@ -24,6 +24,7 @@ database behind or ahead of this program, for either schema.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
 import re
 from pathlib import Path
@@ -127,6 +128,7 @@ def _files() -> list[Path]:
     return sorted(Path(SchemaManager.get_migrations_path()).glob("*.sql"))
 
 
+@functools.cache  # the installed package's: read once, not on every schema check
 def procrastinate_level() -> str:
     """The schema level the installed procrastinate expects: the version of its newest
     migration file (releases without a migration share their level: 3.5 to 3.10 are

@@ -6,16 +6,13 @@
 * ``phases``: what the jobs in ``.state/jobs`` were doing when the daemon died.
 * ``audit``: the end-state invariants of a data root (every input exactly once,
   outputs and sidecars matching, nothing left behind).
-* ``HitRecorder``: a loopback HTTP server that counts every request it gets.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,7 +26,6 @@ __all__ = [
     "ROUTE_FOLDERS",
     "Audit",
     "FaultyDaemon",
-    "HitRecorder",
     "audit",
     "long_mode",
     "make_inputs",
@@ -331,42 +327,3 @@ def audit(root: Path, originals: dict[str, str]) -> Audit:
     if extra:
         problems.append(f"archive holds extra files: {extra[:10]}")
     return result
-
-
-# -- outbound requests -------------------------------------------------------------------
-
-
-class HitRecorder:
-    """A loopback HTTP server that records every request path (documents must not call)."""
-
-    def __init__(self) -> None:
-        self.hits: list[str] = []
-        recorder = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                recorder.hits.append(self.path)
-                body = b"leaked"
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = int(self.server.server_address[1])
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> HitRecorder:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{path}"

@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.chaos_support import FaultyDaemon, HitRecorder
+from tests.e2e.chaos_support import FaultyDaemon
 from tests.fixtures.web_docs import (
+    HitRecorder,
     make_billion_laughs_docx,
     make_encrypted_pdf,
     make_invalid_utf8_md,
